@@ -1,0 +1,400 @@
+"""The workdir contract: file names, manifests, schema stamps and atomic writes.
+
+Every stage reads and writes through this module, so no stage spells a path and no crash
+leaves a file that looks finished: everything is written under a temporary name in the same
+directory, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from brcatool import __version__
+from brcatool.errors import ArtifactError
+
+#: Current version of every stored schema. Bump a number when its layout changes.
+SCHEMAS: dict[str, int] = {
+    "slides": 1,
+    "patches": 1,
+    "patch-store": 1,
+    "features": 1,
+    "feature-store": 1,
+    "expression": 1,
+    "labels": 1,
+    "cohort": 1,
+    "oof": 1,
+    "attention": 1,
+    "summary": 1,
+    "epochs": 1,
+}
+
+SCHEMA_KEY = "brcatool.schema"
+SCHEMA_VERSION_KEY = "brcatool.schema_version"
+DEFAULT_WORKDIR = "brcatool-work"
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Workdir:
+    """Names of every artifact inside one workdir."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # tile
+    @property
+    def slides_table(self) -> Path:
+        return self.root / "slides.parquet"
+
+    @property
+    def patches_table(self) -> Path:
+        return self.root / "patches.parquet"
+
+    @property
+    def patches_zarr(self) -> Path:
+        return self.root / "patches.zarr"
+
+    @property
+    def qc_dir(self) -> Path:
+        return self.root / "qc"
+
+    # embed
+    def features_dir(self, encoder: str) -> Path:
+        return self.root / "features" / encoder
+
+    def features_zarr(self, encoder: str) -> Path:
+        return self.features_dir(encoder) / "features.zarr"
+
+    def features_index(self, encoder: str) -> Path:
+        return self.features_dir(encoder) / "index.parquet"
+
+    def available_encoders(self) -> list[str]:
+        base = self.root / "features"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "manifest.json").is_file())
+
+    # prep-expr
+    @property
+    def expression_table(self) -> Path:
+        return self.root / "expression.parquet"
+
+    @property
+    def labels_table(self) -> Path:
+        return self.root / "labels.parquet"
+
+    @property
+    def cohort_table(self) -> Path:
+        return self.root / "cohort.parquet"
+
+    @property
+    def recipe_settings(self) -> Path:
+        return self.root / "recipe.json"
+
+    # train / evaluate / ablate
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, name: str) -> Path:
+        return self.runs_dir / name
+
+    @property
+    def ablations_dir(self) -> Path:
+        return self.root / "ablations"
+
+    def ablation_dir(self, name: str) -> Path:
+        return self.ablations_dir / name
+
+    # manifests of stages whose outputs sit at the workdir root
+    def stage_manifest(self, stage: str) -> Path:
+        return self.root / "manifests" / f"{stage}.json"
+
+    def require(self, path: Path, *, made_by: str) -> Path:
+        """Return ``path`` or fail with a line telling which stage makes it."""
+        if not path.exists():
+            raise ArtifactError(
+                "not found in the workdir",
+                path=path,
+                fix=f"run `brcatool {made_by} -w {self.root}` first, or pass the right --workdir",
+            )
+        return path
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _tmp_sibling(final: Path) -> Path:
+    return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
+
+    Works for files and directories (a Zarr array or store). On error the temporary is
+    removed and whatever was at ``final`` before stays untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    try:
+        yield tmp
+        if tmp.is_dir() and final.exists():
+            trash = _tmp_sibling(final)
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            _remove(trash)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError("not found", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path=path,
+                            fix="delete it and re-run the stage that wrote it") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, (_dt.datetime, _dt.date)):
+        return obj.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- parquet
+def write_parquet(df: Any, path: str | Path, *, schema: str) -> Path:
+    """Write a polars DataFrame or pyarrow Table atomically, stamped with its schema version."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = df if isinstance(df, pa.Table) else df.to_arrow()
+    meta = dict(table.schema.metadata or {})
+    meta[SCHEMA_KEY.encode()] = schema.encode()
+    meta[SCHEMA_VERSION_KEY.encode()] = str(SCHEMAS[schema]).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
+
+
+def read_parquet(path: str | Path, *, schema: str, made_by: str | None = None):
+    """Read a stamped table as a polars DataFrame, refusing other schemas or versions."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        fix = f"run `brcatool {made_by}` first" if made_by else None
+        raise ArtifactError("not found", path=path, fix=fix)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # noqa: BLE001 - any pyarrow failure means an unreadable file
+        raise ArtifactError(f"is not a readable Parquet file ({exc})", path=path,
+                            fix="delete it and re-run the stage that wrote it") from None
+    check_schema(
+        meta.get(SCHEMA_KEY.encode(), b"").decode() or None,
+        meta.get(SCHEMA_VERSION_KEY.encode(), b"").decode() or None,
+        expected=schema,
+        path=path,
+    )
+    return pl.read_parquet(path)
+
+
+def check_schema(found: str | None, version: Any, *, expected: str, path: Path) -> None:
+    if found != expected:
+        raise ArtifactError(f"holds schema {found!r}, expected {expected!r}", path=path,
+                            fix="point --workdir at a brcatool workdir or re-run the stage")
+    if str(version) != str(SCHEMAS[expected]):
+        raise ArtifactError(
+            f"schema {expected!r} version {version} is not supported (this brcatool writes "
+            f"version {SCHEMAS[expected]})",
+            path=path,
+            fix="re-run the stage that wrote it with this brcatool version, or use --overwrite",
+        )
+
+
+# --------------------------------------------------------------------------- zarr
+def schema_attrs(schema: str) -> dict[str, Any]:
+    return {SCHEMA_KEY: schema, SCHEMA_VERSION_KEY: SCHEMAS[schema]}
+
+
+def open_group(path: str | Path, *, schema: str, create: bool = False):
+    """Open (or create) a Zarr v3 group stamped with ``schema``."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        if not create:
+            raise ArtifactError("Zarr store not found", path=path)
+        with atomic_path(path) as tmp:
+            zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=schema_attrs(schema))
+    try:
+        group = zarr.open_group(str(path), mode="r+" if create else "r", zarr_format=3)
+    except Exception as exc:  # noqa: BLE001
+        raise ArtifactError(f"is not a readable Zarr v3 group ({exc})", path=path,
+                            fix="delete it and re-run the stage that wrote it") from None
+    attrs = dict(group.attrs)
+    check_schema(attrs.get(SCHEMA_KEY), attrs.get(SCHEMA_VERSION_KEY), expected=schema, path=path)
+    return group
+
+
+def write_array(group_path: str | Path, name: str, data: Any, *, chunks: Sequence[int],
+                shards: Sequence[int] | None = None, attrs: Mapping[str, Any] | None = None,
+                compressors: Any = "auto") -> Path:
+    """Write one array as a member of a group, atomically (built beside, then renamed in).
+
+    Readers list the group's members, so an array under its final name is always complete.
+    """
+    import zarr
+
+    final = Path(group_path) / name
+    with atomic_path(final) as tmp:
+        arr = zarr.create_array(
+            store=str(tmp), shape=data.shape, dtype=data.dtype, chunks=tuple(chunks),
+            shards=tuple(shards) if shards is not None else None, compressors=compressors,
+            attributes=dict(attrs or {}), zarr_format=3, overwrite=True,
+        )
+        if data.size:
+            arr[...] = data
+    return final
+
+
+def array_names(group_path: str | Path) -> list[str]:
+    """Members of a group that are complete arrays (temporaries start with a dot)."""
+    group_path = Path(group_path)
+    if not group_path.is_dir():
+        return []
+    return sorted(
+        p.name for p in group_path.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file()
+    )
+
+
+# --------------------------------------------------------------------------- manifests
+def versions() -> dict[str, str]:
+    out = {"brcatool": __version__, "python": platform.python_version()}
+    for dist in ("torch", "torchvision", "zarr", "pyarrow", "polars", "numpy", "scikit-learn",
+                 "openslide-python", "openslide-bin"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """Identity of an input file (path, size, mtime) for the manifest."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return {"path": str(path), "size": None, "mtime": None}
+    return {"path": str(path.resolve()), "size": st.st_size,
+            "mtime": _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat()}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def normalise(obj: Any) -> Any:
+    """JSON round trip, so parameters compare equal however they were built (tuples, Paths)."""
+    return json.loads(json.dumps(obj, default=_json_default, sort_keys=True))
+
+
+@dataclass
+class Manifest:
+    """What a stage output was made from; written beside the output when the stage ends."""
+
+    stage: str
+    params: dict[str, Any]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    started: str = field(default_factory=_now)
+
+    def add_input(self, path: str | Path) -> None:
+        self.inputs.append(fingerprint(path))
+
+    def write(self, path: str | Path, *, counts: Mapping[str, Any] | None = None,
+              **extra: Any) -> Path:
+        body = {
+            "stage": self.stage,
+            "params": normalise(self.params),
+            "inputs": self.inputs,
+            "versions": versions(),
+            "started": self.started,
+            "finished": _now(),
+            "counts": dict(counts or {}),
+        }
+        body.update(extra)
+        return write_json(path, body)
+
+
+def check_params(manifest_path: str | Path, params: Mapping[str, Any], *, overwrite: bool,
+                 what: str) -> bool:
+    """Decide whether an existing output may be reused.
+
+    Returns True when an output made with the same parameters exists (resume/skip), False when
+    there is none or ``overwrite`` is set. Different parameters without ``overwrite`` refuse.
+    """
+    manifest_path = Path(manifest_path)
+    if not manifest_path.exists() or overwrite:
+        return False
+    old = read_json(manifest_path).get("params", {})
+    new = normalise(dict(params))
+    if old == new:
+        return True
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+    raise ArtifactError(
+        f"{what} exists with other parameters ({shown})",
+        path=manifest_path.parent if manifest_path.name == "manifest.json" else manifest_path,
+        fix="pass --overwrite to replace it, or another --workdir",
+    )

@@ -1,0 +1,1 @@
+"""Command-line layer: parse options, call a library function, report the result."""

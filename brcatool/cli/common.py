@@ -1,0 +1,113 @@
+"""Options and behaviour shared by every command, so they act the same everywhere."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import click
+import typer
+from rich.console import Console
+
+from brcatool.errors import BrcaError, NotBuiltError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def report_errors(fn: F) -> F:
+    """Turn the library's exceptions into one red line and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NotBuiltError as exc:
+            raise fail(exc.one_line(), code=2) from None
+        except BrcaError as exc:
+            raise fail(exc.one_line()) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; finished outputs are kept, re-run the same command to resume",
+                       code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _all_param_names(ctx: click.Context) -> set[str]:
+    root = ctx.find_root().command
+    names: set[str] = set()
+    for cmd in getattr(root, "commands", {}).values():
+        names.update(p.name for p in cmd.params if p.name)
+    return names
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """Eager ``--config``: YAML values become this command's defaults, so flags still win.
+
+    The file may be flat (``patches: 35``) or have one section per command
+    (``tile: {patches: 35}``); flat keys meant for other commands are ignored, keys that
+    no command knows are errors (typos should not pass silently).
+    """
+    if value is None or ctx.resilient_parsing:
+        return value
+    from brcatool.config import key, load_yaml
+
+    try:
+        data = load_yaml(value)
+        mine = {p.name for p in ctx.command.params if p.name}
+        known = _all_param_names(ctx)
+        commands = set(getattr(ctx.find_root().command, "commands", {}))
+        defaults: dict[str, Any] = {}
+        for raw, val in data.items():
+            name = key(str(raw))
+            if str(raw) in commands:
+                if not isinstance(val, dict):
+                    raise BrcaError(f"section {raw!r} must be a mapping", path=value)
+                if str(raw) != ctx.info_name:
+                    continue
+                for sub_raw, sub_val in val.items():
+                    sub = key(str(sub_raw))
+                    if sub not in mine:
+                        raise BrcaError(f"unknown option {sub_raw!r} for `{raw}`", path=value,
+                                        fix=f"see `brcatool {raw} --help` for valid names")
+                    defaults[sub] = sub_val
+            elif name in mine:
+                defaults.setdefault(name, val)
+            elif name not in known:
+                raise BrcaError(f"unknown option {raw!r}", path=value,
+                                fix="use option names from `brcatool COMMAND --help`")
+    except BrcaError as exc:
+        raise fail(exc.one_line()) from None
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("BRCATOOL_WORKDIR", "brcatool-work"))
+
+
+WorkdirOpt = Annotated[
+    Path,
+    typer.Option("--workdir", "-w", envvar="BRCATOOL_WORKDIR", file_okay=False,
+                 help="Folder holding every artifact of a project.", show_default=True),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", is_eager=True, callback=_load_config, dir_okay=False,
+                 help="YAML file of option values (keys = option names); flags override it."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace outputs made with other parameters.")
+]

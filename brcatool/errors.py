@@ -1,0 +1,41 @@
+"""One exception family so the CLI can turn any expected failure into one readable line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BrcaError(Exception):
+    """An expected failure caused by input or state, not by a bug.
+
+    ``path`` names the file at fault and ``fix`` tells the user what to do; the CLI prints
+    ``<path>: <message> (fix: <fix>)`` in red and exits 1, without a traceback.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None):
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.fix = fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        if self.fix:
+            text += f" (fix: {self.fix})"
+        return " ".join(text.split())
+
+
+class InputError(BrcaError):
+    """A user-supplied file or option is invalid."""
+
+
+class ArtifactError(BrcaError):
+    """An artifact in the workdir is missing, stale, of another schema or made with other parameters."""
+
+
+class OfflineError(BrcaError):
+    """Something had to be downloaded and could not be."""
+
+
+class NotBuiltError(BrcaError):
+    """A stage that is declared but not implemented yet (exit code 2)."""
