@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 
@@ -43,7 +42,7 @@ def report_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _all_param_names(ctx: click.Context) -> set[str]:
+def _all_param_names(ctx: typer.Context) -> set[str]:
     root = ctx.find_root().command
     names: set[str] = set()
     for cmd in getattr(root, "commands", {}).values():
@@ -51,7 +50,7 @@ def _all_param_names(ctx: click.Context) -> set[str]:
     return names
 
 
-def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+def _load_config(ctx: typer.Context, _param: Any, value: Path | None) -> Path | None:
     """Eager ``--config``: YAML values become this command's defaults, so flags still win.
 
     The file may be flat (``patches: 35``) or have one section per command

@@ -1,0 +1,23 @@
+"""Shared fixtures. All synthetic data comes from the one factory, ``brcatool.synth``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture()
+def slide_fixture(tmp_path: Path):
+    """Copy one of the real openslide test files (tests/data) into a fresh folder."""
+
+    def copy(name: str) -> Path:
+        dst = tmp_path / "fixtures" / name
+        dst.parent.mkdir(exist_ok=True)
+        shutil.copy(DATA / name, dst)
+        return dst
+
+    return copy

@@ -1,0 +1,107 @@
+"""The CLI's shared behaviour: help, version, --config defaults, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from brcatool import __version__
+from brcatool.cli.app import app
+from brcatool.cli.common import ConfigOpt, SeedOpt, WorkdirOpt, default_workdir, report_errors
+from brcatool.errors import InputError
+
+runner = CliRunner()
+STAGES = ["synth", "tile", "embed", "prep-expr", "train", "evaluate", "ablate", "demo"]
+
+
+def test_help_lists_every_stage():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in STAGES:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_each_stage_has_help(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def _probe_app() -> typer.Typer:
+    """A two-command app wired with the shared options, to test them apart from any stage."""
+    probe = typer.Typer()
+    seen: dict = {}
+
+    @probe.command("one")
+    @report_errors
+    def one(workdir: WorkdirOpt = default_workdir(), config: ConfigOpt = None, seed: SeedOpt = 0,
+            patches: int = 35, fail: bool = False) -> None:
+        if fail:
+            raise InputError("cannot read", path="slides/x.svs", fix="re-export it")
+        seen.update(workdir=workdir, seed=seed, patches=patches)
+
+    @probe.command("two")
+    def two(config: ConfigOpt = None, epochs: int = 10) -> None:
+        seen.update(epochs=epochs)
+
+    probe.seen = seen  # type: ignore[attr-defined]
+    return probe
+
+
+def test_config_values_become_defaults_and_flags_win(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("seed: 7\nworkdir: wd\none:\n  patches: 12\ntwo:\n  epochs: 3\n")
+    probe = _probe_app()
+    assert runner.invoke(probe, ["one", "--config", str(cfg)]).exit_code == 0
+    assert probe.seen == {"workdir": Path("wd"), "seed": 7, "patches": 12}
+    assert runner.invoke(probe, ["one", "--config", str(cfg), "--patches", "5", "--seed", "1"]).exit_code == 0
+    assert probe.seen["patches"] == 5 and probe.seen["seed"] == 1
+    assert runner.invoke(probe, ["two", "--config", str(cfg)]).exit_code == 0
+    assert probe.seen["epochs"] == 3
+
+
+def test_workdir_from_environment(monkeypatch):
+    monkeypatch.setenv("BRCATOOL_WORKDIR", "/tmp/from-env")
+    probe = _probe_app()
+    assert runner.invoke(probe, ["one"]).exit_code == 0
+    assert probe.seen["workdir"] == Path("/tmp/from-env")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("patches: [1, 2\n", "not valid YAML at line"),
+        ("patchez: 3\n", "unknown option 'patchez'"),
+        ("one:\n  epochs: 3\n", "unknown option 'epochs' for `one`"),
+    ],
+)
+def test_bad_config_is_one_red_line(tmp_path, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    result = runner.invoke(_probe_app(), ["one", "--config", str(cfg)])
+    assert result.exit_code == 1
+    assert message in result.output and str(cfg) in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_library_error_becomes_one_line_with_file_and_fix():
+    result = runner.invoke(_probe_app(), ["one", "--fail"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: slides/x.svs: cannot read (fix: re-export it)"
+
+
+def test_bad_config_on_a_real_stage(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("tile: [oops\n")
+    result = runner.invoke(app, ["tile", "--config", str(cfg)])
+    assert result.exit_code == 1 and "not valid YAML" in result.output
