@@ -1,0 +1,264 @@
+"""Whole-slide images through openslide: finding slide files, mpp, levels and patch reads.
+
+Everything here works on region reads, never on a whole level 0, so slides of any size fit in
+memory. Transparent areas (outside a scan's tiles) are composited onto white, as glass looks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brcatool.errors import InputError
+
+#: File endings openslide reads (DICOM slides are folders of .dcm files).
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+                  ".bif", ".czi", ".qptiff")
+#: Plausible microns per pixel of a microscope scan; outside this the tag is a placeholder
+#: (e.g. 72 dpi written by a generic TIFF writer gives 352.8 µm/px).
+MPP_RANGE = (0.05, 20.0)
+#: A level whose downsample is within this relative distance of the wanted one is read as is.
+LEVEL_TOLERANCE = 0.02
+_TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- naming
+def slide_id_for(path: Path) -> str:
+    """File name without its extension(s) (a DICOM folder: the folder's name)."""
+    if path.is_dir():
+        return path.name
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def patient_id_for(slide_id: str) -> str:
+    """First 12 characters of a TCGA barcode (``TCGA-XX-XXXX``), else the slide id itself."""
+    m = _TCGA.match(slide_id)
+    return m.group(0).upper() if m else slide_id
+
+
+@dataclass(frozen=True)
+class SlideEntry:
+    """One slide to tile: its id, its patient and where it lives."""
+
+    slide_id: str
+    patient_id: str
+    path: Path
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
+    """Slide files named directly, plus those found recursively under folders.
+
+    Files named directly are kept whatever their ending (a non-slide becomes a failed row
+    later, not a crash); folders contribute only files with slide endings.
+    """
+    found: list[Path] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise InputError("no such file or folder", path=path,
+                             fix="check the slide path (folders are searched recursively)")
+        if path.is_file():
+            found.append(path)
+            continue
+        if _is_dicom_dir(path):
+            found.append(path)
+            continue
+        for sub in sorted(path.rglob("*")):
+            if sub.is_file() and sub.suffix.lower() in SLIDE_SUFFIXES and not sub.name.startswith("."):
+                found.append(sub)
+            elif sub.is_dir() and _is_dicom_dir(sub):
+                found.append(sub)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(key)
+    return unique
+
+
+def read_slides_table(path: str | Path) -> list[tuple[Path, str | None]]:
+    """(path, patient_id or None) rows from a CSV/TSV/Parquet table with a ``path`` column."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("slides table not found", path=path, fix="check --slides-table")
+    try:
+        if path.suffix.lower() == ".parquet":
+            df = pl.read_parquet(path)
+        else:
+            sep = "\t" if path.suffix.lower() in (".tsv", ".tab", ".txt") else ","
+            df = pl.read_csv(path, separator=sep, infer_schema_length=0)
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad table
+        raise InputError(f"cannot read slides table ({str(exc).splitlines()[0]})", path=path) from None
+    if "path" not in df.columns:
+        raise InputError(f"slides table needs a 'path' column (found {', '.join(df.columns)})",
+                         path=path, fix="name the column of slide file paths 'path'")
+    patients = df["patient_id"].cast(pl.Utf8).to_list() if "patient_id" in df.columns else None
+    rows = []
+    for i, p in enumerate(df["path"].cast(pl.Utf8).to_list()):
+        if p is None or not p.strip():
+            raise InputError(f"row {i + 1} has an empty path", path=path)
+        sp = Path(p).expanduser()
+        sp = sp if sp.is_absolute() else path.parent / sp
+        pid = patients[i] if patients is not None and patients[i] not in (None, "") else None
+        rows.append((sp.resolve(), pid))
+    return rows
+
+
+def make_entries(paths: Sequence[tuple[Path, str | None]]) -> list[SlideEntry]:
+    """Entries with ids; patient from the table, else from a TCGA barcode, else the slide id."""
+    out = []
+    for path, pid in paths:
+        sid = slide_id_for(path)
+        out.append(SlideEntry(sid, pid or patient_id_for(sid), path))
+    return out
+
+
+# --------------------------------------------------------------------------- opening
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def open_slide(path: str | Path) -> Any:
+    """An ``openslide.OpenSlide`` or an InputError saying why the file is not a readable slide."""
+    import openslide
+
+    path = Path(path)
+    target = path
+    if path.is_dir():  # DICOM: openslide opens any file of the series
+        dcm = sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm")
+        target = dcm[0] if dcm else path
+    try:
+        return openslide.OpenSlide(str(target))
+    except openslide.OpenSlideUnsupportedFormatError:
+        raise InputError("not a slide format openslide can read", path=path) from None
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds
+        raise InputError(f"cannot open slide ({_one_line(exc)})", path=path) from None
+
+
+def slide_mpp(slide: Any, *, fallback: float | None = None, path: Any = None) -> tuple[float, str]:
+    """Level-0 µm/px and where it came from ("metadata" or "fallback").
+
+    Missing or implausible metadata (outside MPP_RANGE) uses ``fallback``, else fails with a
+    line that names the fix.
+    """
+    props = slide.properties
+    found: float | None = None
+    try:
+        mx = float(props.get("openslide.mpp-x", "nan"))
+        my = float(props.get("openslide.mpp-y", str(mx)))
+        if np.isfinite(mx) and np.isfinite(my) and mx > 0 and my > 0:
+            found = (mx + my) / 2
+    except ValueError:
+        found = None
+    if found is not None and MPP_RANGE[0] <= found <= MPP_RANGE[1]:
+        return found, "metadata"
+    if fallback is not None:
+        return float(fallback), "fallback"
+    why = "has no mpp metadata" if found is None else (
+        f"has implausible mpp {found:.4g} µm/px (outside {MPP_RANGE[0]}-{MPP_RANGE[1]})")
+    raise InputError(why, path=path, fix="pass --mpp-fallback VALUE (e.g. 0.5 for a 20x scan)")
+
+
+# --------------------------------------------------------------------------- reading
+def to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """RGB uint8 from openslide's RGBA, transparent areas composited onto white."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.uint16)
+    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def read_rgb(slide: Any, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+    """RGB region of ``w`` x ``h`` level pixels whose top-left is (x, y) in level-0 pixels."""
+    img = slide.read_region((int(x), int(y)), int(level), (int(w), int(h)))
+    return to_rgb(np.asarray(img))
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How to read one patch at a target resolution: which level, how many level pixels."""
+
+    level: int
+    read_size: int  # level pixels read per side
+    out_size: int  # output pixels per side
+    size0: float  # level-0 pixels covered per side
+    mpp: float  # effective output µm/px
+
+
+def plan_read(slide: Any, mpp0: float, target_mpp: float, patch_size: int) -> ReadPlan:
+    """Best level for a target resolution: one that matches (no resize) or the next finer one."""
+    want = target_mpp / mpp0  # wanted downsample from level 0
+    downs = [float(d) for d in slide.level_downsamples]
+    fits = [i for i, d in enumerate(downs) if d <= want * (1 + LEVEL_TOLERANCE)]
+    level = max(fits, key=lambda i: downs[i]) if fits else 0
+    d = downs[level]
+    if abs(d - want) <= want * LEVEL_TOLERANCE:
+        read_size = patch_size
+    else:
+        read_size = max(1, int(round(patch_size * want / d)))
+    size0 = read_size * d
+    return ReadPlan(level, read_size, patch_size, size0, size0 * mpp0 / patch_size)
+
+
+def read_patch(slide: Any, x: int, y: int, plan: ReadPlan) -> np.ndarray:
+    """One (out, out, 3) uint8 patch; resized only when no level matches the target."""
+    rgb = read_rgb(slide, x, y, plan.level, plan.read_size, plan.read_size)
+    if plan.read_size != plan.out_size:
+        import cv2
+
+        interp = cv2.INTER_AREA if plan.read_size > plan.out_size else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (plan.out_size, plan.out_size), interpolation=interp)
+    return rgb
+
+
+def read_thumbnail(slide: Any, max_side: int = 2048, block: int = 4096) -> tuple[np.ndarray, float]:
+    """RGB overview whose long side is at most ``max_side`` and its downsample from level 0.
+
+    Reads the coarsest level at or above the needed resolution in blocks, resizing each, so a
+    slide without a small pyramid level never gets materialised whole.
+    """
+    import cv2
+
+    w0, h0 = slide.dimensions
+    want = max(1.0, max(w0, h0) / max_side)
+    level = slide.get_best_level_for_downsample(want)
+    d = float(slide.level_downsamples[level])
+    lw, lh = slide.level_dimensions[level]
+    scale = d / want  # output px per level px (<= 1)
+    ow, oh = max(1, int(round(w0 / want))), max(1, int(round(h0 / want)))
+    if scale >= 0.999 and lw * lh <= block * block:
+        rgb = read_rgb(slide, 0, 0, level, lw, lh)
+        if (lw, lh) != (ow, oh):
+            rgb = cv2.resize(rgb, (ow, oh), interpolation=cv2.INTER_AREA)
+        return rgb, w0 / ow
+    out = np.full((oh, ow, 3), 255, np.uint8)
+    for by in range(0, lh, block):
+        for bx in range(0, lw, block):
+            bw, bh = min(block, lw - bx), min(block, lh - by)
+            region = read_rgb(slide, int(bx * d), int(by * d), level, bw, bh)
+            x0, y0 = int(round(bx * scale)), int(round(by * scale))
+            x1, y1 = min(ow, int(round((bx + bw) * scale))), min(oh, int(round((by + bh) * scale)))
+            if x1 > x0 and y1 > y0:
+                out[y0:y1, x0:x1] = cv2.resize(region, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    return out, w0 / ow

@@ -1,0 +1,544 @@
+"""The tile stage: tissue mask, patch grid, a seeded per-patient patch budget, the patch store.
+
+Three phases so a patient's slides share one budget and slides still run in parallel:
+1. scan each slide (mask + candidate grid; parallel), 2. split each patient's budget over its
+slides by candidate count, 3. read and store each slide's chosen patches (parallel).
+Each finished slide leaves a record under ``.tile-parts/`` (written last), so an interrupted
+run resumes and a re-run with the same parameters skips finished slides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from brcatool import artifacts, slides
+from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
+from brcatool.errors import BrcaError, InputError
+
+PARTS = ".tile-parts"
+QC_SIDE = 1024  # long side of QC images
+MIN_SATURATION = 20  # Otsu on a blank slide splits noise; tissue is more saturated than this
+MAX_GRAY = 220  # ... and darker than this
+EXEC_ONLY = ("workers", "overwrite", "strict")  # options that do not change the outputs
+
+
+@dataclass
+class TileConfig:
+    """Options of `brcatool tile` (defaults equal the CLI's)."""
+
+    slides: list[str] = field(default_factory=list)  # slide files and/or folders
+    slides_table: str | None = None  # CSV/TSV/Parquet with `path` (+ optional `patient_id`)
+    patches: int = 35  # per patient, shared across the patient's slides
+    sampling: Literal["random", "spread", "all"] = "random"
+    mpp: float = 0.5  # target µm/px of the patches
+    magnification: float | None = None  # alternative to mpp: mpp = 10 / magnification
+    patch_size: int = 256
+    stride: int | None = None  # output px between patches; default = patch_size
+    min_tissue: float = 0.5  # tissue fraction a candidate needs under the mask
+    tissue_method: Literal["otsu-sat", "otsu-gray"] = "otsu-sat"
+    min_area: float = 10000.0  # µm²; smaller tissue components are dropped
+    mpp_fallback: float | None = None  # level-0 µm/px for slides without usable metadata
+    seed: int = 0
+    workers: int = 1
+    overwrite: bool = False
+    strict: bool = False
+
+    @property
+    def target_mpp(self) -> float:
+        return 10.0 / self.magnification if self.magnification else self.mpp
+
+
+@dataclass
+class TileResult:
+    """What a tile run produced."""
+
+    workdir: Path
+    slides_table: Path
+    patches_table: Path
+    rows: list[dict[str, Any]]  # one per slide, as in slides.parquet
+    n_patients: int
+    n_patches: int
+    n_skipped: int
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(r["status"] == status for r in self.rows)
+
+
+def validate(cfg: TileConfig) -> None:
+    checks = [
+        (cfg.patches >= 1, "--patches must be >= 1"),
+        (cfg.patch_size >= 8, "--patch-size must be >= 8"),
+        (cfg.stride is None or cfg.stride >= 1, "--stride must be >= 1"),
+        (0.0 <= cfg.min_tissue <= 1.0, "--min-tissue must be between 0 and 1"),
+        (cfg.mpp > 0, "--mpp must be > 0"),
+        (cfg.magnification is None or cfg.magnification > 0, "--magnification must be > 0"),
+        (cfg.mpp_fallback is None or cfg.mpp_fallback > 0, "--mpp-fallback must be > 0"),
+        (cfg.min_area >= 0, "--min-area must be >= 0"),
+        (cfg.workers >= 1, "--workers must be >= 1"),
+        (cfg.sampling in ("random", "spread", "all"), "--sampling must be random, spread or all"),
+        (cfg.tissue_method in ("otsu-sat", "otsu-gray"), "--tissue-method must be otsu-sat or otsu-gray"),
+        (bool(cfg.slides) or cfg.slides_table is not None, "give slide files/folders or --slides-table"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+
+
+# --------------------------------------------------------------------------- tissue and grid
+def tissue_mask(rgb: np.ndarray, *, method: str = "otsu-sat", min_area_px: float = 0) -> np.ndarray:
+    """Boolean tissue mask of an RGB overview: Otsu, median blur, close/open, small parts dropped."""
+    import cv2
+
+    if method == "otsu-gray":
+        chan = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        t, _ = cv2.threshold(chan, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        mask = chan < min(t, MAX_GRAY)
+    else:
+        chan = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1])
+        t, _ = cv2.threshold(chan, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        mask = chan > max(t, MIN_SATURATION)
+    m = cv2.medianBlur(mask.astype(np.uint8) * 255, 5)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= max(min_area_px, 1)
+    keep[0] = False  # background
+    return keep[labels] & (m > 0)
+
+
+def candidate_grid(mask: np.ndarray, dims0: tuple[int, int], size0: float, stride0: float,
+                   min_tissue: float) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 top-left corners (row-major) of grid patches with enough tissue, and fractions."""
+    import cv2
+
+    w0, h0 = dims0
+    mh, mw = mask.shape
+    xs = np.arange(0, w0 - size0 + 1e-6, stride0)
+    ys = np.arange(0, h0 - size0 + 1e-6, stride0)
+    if not len(xs) or not len(ys):
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    integral = cv2.integral(mask.astype(np.uint8)).astype(np.int64)
+
+    def bounds(v: np.ndarray, d0: int, dm: int) -> tuple[np.ndarray, np.ndarray]:
+        a = np.clip(np.round(v * dm / d0), 0, dm - 1).astype(np.int64)
+        b = np.clip(np.round((v + size0) * dm / d0), 0, dm).astype(np.int64)
+        return a, np.maximum(b, a + 1)
+
+    x0, x1 = bounds(xs, w0, mw)
+    y0, y1 = bounds(ys, h0, mh)
+    y0g, x0g = np.meshgrid(y0, x0, indexing="ij")
+    y1g, x1g = np.meshgrid(y1, x1, indexing="ij")
+    tissue = integral[y1g, x1g] - integral[y0g, x1g] - integral[y1g, x0g] + integral[y0g, x0g]
+    frac = (tissue / ((y1g - y0g) * (x1g - x0g))).astype(np.float32)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    keep = frac >= max(min_tissue, 1e-9)
+    xy = np.stack([np.floor(xx[keep]), np.floor(yy[keep])], axis=1).astype(np.int64)
+    return xy, frac[keep]
+
+
+# --------------------------------------------------------------------------- budget and sampling
+def stable_hash(text: str) -> int:
+    """A hash that is the same in every process and Python version (unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def slide_rng(seed: int, patient_id: str, slide_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed % 2**63, stable_hash(patient_id), stable_hash(slide_id)])
+
+
+def allocate(budget: int | None, counts: dict[str, int]) -> dict[str, int]:
+    """Split a patient's budget over its slides in proportion to their candidates.
+
+    Largest remainders (ties by slide id) make the split deterministic; ``None`` takes all.
+    """
+    total = sum(counts.values())
+    if budget is None or total <= budget:
+        return dict(counts)
+    quota = {s: budget * c / total for s, c in counts.items()}
+    out = {s: int(np.floor(q)) for s, q in quota.items()}
+    left = budget - sum(out.values())
+    for s in sorted(counts, key=lambda s: (-(quota[s] - out[s]), s))[:left]:
+        out[s] += 1
+    return out
+
+
+def select(xy: np.ndarray, k: int, method: str, rng: np.random.Generator) -> np.ndarray:
+    """Indices (ascending = row-major) of ``k`` candidates: random, spread (farthest point) or all."""
+    n = len(xy)
+    if method == "all" or k >= n:
+        return np.arange(n)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if method == "random":
+        return np.sort(rng.choice(n, size=k, replace=False))
+    pts = xy.astype(np.float64)
+    chosen = [int(rng.integers(n))]
+    dist = np.sum((pts - pts[chosen[0]]) ** 2, axis=1)
+    for _ in range(k - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.sum((pts - pts[nxt]) ** 2, axis=1))
+    return np.sort(np.asarray(chosen, np.int64))
+
+
+# --------------------------------------------------------------------------- per-slide work
+def _png(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if ok:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buf.tobytes())
+
+
+def _qc_base(thumb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = mask.shape
+    scale = min(1.0, QC_SIDE / max(h, w))
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    img = cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(small, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return cv2.drawContours(np.ascontiguousarray(img), contours, -1, (0, 170, 0), 2)
+
+
+def _failed(entry: slides.SlideEntry, exc: BaseException, t0: float) -> dict[str, Any]:
+    msg = exc.message if isinstance(exc, BrcaError) else f"{type(exc).__name__}: {exc}"
+    return {"slide_id": entry.slide_id, "status": "failed", "error": " ".join(msg.split())[:300],
+            "width": None, "height": None, "mpp": None, "n_candidates": 0,
+            "seconds": time.perf_counter() - t0}
+
+
+def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: Path) -> dict[str, Any]:
+    """Phase 1: mask and candidates of one slide (a failed row instead of an exception)."""
+    t0 = time.perf_counter()
+    try:
+        slide = slides.open_slide(entry.path)
+        try:
+            w0, h0 = slide.dimensions
+            mpp0, _ = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
+            plan = slides.plan_read(slide, mpp0, cfg.target_mpp, cfg.patch_size)
+            thumb, ds = slides.read_thumbnail(slide)
+        finally:
+            slide.close()
+        mask = tissue_mask(thumb, method=cfg.tissue_method, min_area_px=cfg.min_area / (ds * mpp0) ** 2)
+        stride0 = (cfg.stride or cfg.patch_size) * plan.size0 / cfg.patch_size
+        xy, frac = candidate_grid(mask, (w0, h0), plan.size0, stride0, cfg.min_tissue)
+    except Exception as exc:  # noqa: BLE001 - any failure of one slide becomes its row
+        return _failed(entry, exc, t0)
+    base = _qc_base(thumb, mask)
+    status = "ok" if len(xy) else "no_tissue"
+    _png((qc_dir if status == "no_tissue" else parts) / f"{entry.slide_id}.png", base)
+    error = None if len(xy) else (
+        f"slide ({w0}x{h0} px) is smaller than one patch ({plan.size0:.0f} px)"
+        if plan.size0 > min(w0, h0) else "no tissue found under the mask")
+    return {"slide_id": entry.slide_id, "status": status, "error": error, "width": w0,
+            "height": h0, "mpp": mpp0, "n_candidates": len(xy), "seconds": time.perf_counter() - t0,
+            "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan)}
+
+
+def _write_patch_array(wd: Workdir, slide_id: str, n: int, size: int,
+                       batches: Iterable[np.ndarray], attrs: dict[str, Any]) -> None:
+    """``stores.write_patches`` layout, filled shard by shard so memory stays one shard."""
+    import zarr
+
+    from brcatool.stores import PATCH_SHARD
+
+    with atomic_path(wd.patches_zarr / slide_id) as tmp:
+        arr = zarr.create_array(
+            store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
+            shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors="auto",
+            attributes=attrs, zarr_format=3, overwrite=True)
+        start = 0
+        for batch in batches:
+            arr[start:start + len(batch)] = batch
+            start += len(batch)
+
+
+def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarray, cfg: TileConfig,
+                  wd: Workdir, parts: Path) -> dict[str, Any]:
+    """Phase 3: read the chosen patches into the store, the rows into a part, draw the QC image."""
+    import cv2
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from brcatool.stores import PATCH_SHARD
+
+    t0 = time.perf_counter()
+    plan = slides.ReadPlan(**scan["plan"])
+    xy, frac = scan["xy"][idx], scan["frac"][idx]
+    try:
+        slide = slides.open_slide(entry.path)
+        try:
+            def batches() -> Iterable[np.ndarray]:
+                buf = np.empty((PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
+                for s in range(0, len(xy), PATCH_SHARD):
+                    part = xy[s:s + PATCH_SHARD]
+                    for i, (x, y) in enumerate(part):
+                        buf[i] = slides.read_patch(slide, int(x), int(y), plan)
+                    yield buf[: len(part)]
+
+            attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
+                     "size": plan.out_size, "level": plan.level}
+            _write_patch_array(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
+        finally:
+            slide.close()
+    except Exception as exc:  # noqa: BLE001
+        return _failed(entry, exc, t0 - scan["seconds"])
+    n = len(xy)
+    table = pa.table({
+        "slide_id": pa.array([entry.slide_id] * n, pa.string()),
+        "patient_id": pa.array([entry.patient_id] * n, pa.string()),
+        "patch_index": pa.array(np.arange(n), pa.int64()),
+        "x": pa.array(xy[:, 0], pa.int64()), "y": pa.array(xy[:, 1], pa.int64()),
+        "level": pa.array(np.full(n, plan.level), pa.int64()),
+        "mpp": pa.array(np.full(n, plan.mpp), pa.float64()),
+        "size": pa.array(np.full(n, plan.out_size), pa.int64()),
+        "tissue_fraction": pa.array(frac, pa.float32()),
+    })
+    with atomic_path(parts / f"{entry.slide_id}.patches.parquet") as tmp:
+        pq.write_table(table, tmp)
+    base_path = parts / f"{entry.slide_id}.png"
+    img = cv2.cvtColor(cv2.imread(str(base_path)), cv2.COLOR_BGR2RGB)
+    s = img.shape[1] / scan["width"]
+    for x, y in xy:
+        p0 = (int(x * s), int(y * s))
+        p1 = (int((x + plan.size0) * s), int((y + plan.size0) * s))
+        cv2.rectangle(img, p0, p1, (30, 60, 220), 1 if plan.size0 * s < 12 else 2)
+    _png(wd.qc_dir / f"{entry.slide_id}.png", img)
+    base_path.unlink(missing_ok=True)
+    return {**_row(scan), "n_patches": n, "seconds": scan["seconds"] + time.perf_counter() - t0}
+
+
+def _row(scan: dict[str, Any]) -> dict[str, Any]:
+    keys = ("slide_id", "status", "error", "width", "height", "mpp", "n_candidates", "seconds")
+    return {k: scan[k] for k in keys}
+
+
+# --------------------------------------------------------------------------- the stage
+SLIDE_COLUMNS = {"slide_id": "string", "patient_id": "string", "path": "string", "status": "string",
+                 "error": "string", "width": "int64", "height": "int64", "mpp": "float64",
+                 "n_candidates": "int64", "n_patches": "int64", "seconds": "float64"}
+PATCH_COLUMNS = {"slide_id": "string", "patient_id": "string", "patch_index": "int64", "x": "int64",
+                 "y": "int64", "level": "int64", "mpp": "float64", "size": "int64",
+                 "tissue_fraction": "float32"}
+
+
+def _schema(columns: dict[str, str]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in columns.items()])
+
+
+def _params(cfg: TileConfig) -> dict[str, Any]:
+    from brcatool.config import to_dict
+
+    params = {k: v for k, v in to_dict(cfg).items() if k not in EXEC_ONLY}
+    params["slides"] = [str(Path(s).expanduser().resolve()) for s in cfg.slides]
+    if cfg.slides_table is not None:
+        params["slides_table"] = str(Path(cfg.slides_table).expanduser().resolve())
+    params["target_mpp"] = cfg.target_mpp
+    return params
+
+
+def _entries(cfg: TileConfig) -> list[slides.SlideEntry]:
+    rows: list[tuple[Path, str | None]] = [(p, None) for p in slides.find_slides(cfg.slides)]
+    if cfg.slides_table is not None:
+        rows += slides.read_slides_table(cfg.slides_table)
+    return slides.make_entries(rows)
+
+
+def _wipe(wd: Workdir) -> None:
+    for path in (wd.patches_zarr, wd.qc_dir, wd.root / PARTS):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (wd.patches_table, wd.slides_table, wd.stage_manifest("tile")):
+        path.unlink(missing_ok=True)
+
+
+def _record_path(parts: Path, slide_id: str) -> Path:
+    return parts / f"{slide_id}.json"
+
+
+def _load_record(parts: Path, slide_id: str) -> dict[str, Any] | None:
+    path = _record_path(parts, slide_id)
+    try:
+        return read_json(path) if path.is_file() else None
+    except BrcaError:
+        return None
+
+
+def _map(pool: ProcessPoolExecutor | None, fn: Callable[..., Any], jobs: list[tuple],
+         ) -> Iterable[tuple[tuple, Any]]:
+    """(job, result) as each finishes: in worker processes, or inline with one worker."""
+    if pool is None:
+        for job in jobs:
+            yield job, fn(*job)
+        return
+    futures = {pool.submit(fn, *job): job for job in jobs}
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
+
+
+class _Bar:
+    """Rich progress with slides/s and patches/s; silent when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                 disable=not enabled)
+
+    def phase(self, name: str, total: int) -> Callable[[int], None]:
+        task = self.progress.add_task(name, total=total, rate="")
+        t0, done = time.perf_counter(), [0, 0]
+
+        def step(patches: int = 0) -> None:
+            done[0] += 1
+            done[1] += patches
+            dt = max(time.perf_counter() - t0, 1e-9)
+            rate = f"{done[0] / dt:.2f} slides/s" + (f"  {done[1] / dt:.0f} patches/s" if done[1] else "")
+            self.progress.update(task, advance=1, rate=rate)
+        return step
+
+
+def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) -> TileResult:
+    """Tile every slide into the workdir's patch store and tables, resuming finished slides."""
+    import multiprocessing
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from brcatool.config import write_yaml
+
+    t_start = time.perf_counter()
+    validate(cfg)
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    entries = _entries(cfg)
+    if not entries:
+        raise InputError("no slide files found", path=", ".join(cfg.slides) or cfg.slides_table,
+                         fix=f"folders are searched for {', '.join(slides.SLIDE_SUFFIXES)}")
+    uniq: dict[str, slides.SlideEntry] = {}
+    dup_rows = []
+    for e in entries:
+        if e.slide_id in uniq:
+            dup_rows.append({**_failed(e, InputError(f"duplicate slide_id (also {uniq[e.slide_id].path})"),
+                                       time.perf_counter()), "n_patches": 0,
+                             "patient_id": e.patient_id, "path": str(e.path)})
+        else:
+            uniq[e.slide_id] = e
+    params = _params(cfg)
+    parts = wd.root / PARTS
+    artifacts.check_params(wd.stage_manifest("tile"), params, overwrite=cfg.overwrite, what="tile output")
+    artifacts.check_params(parts / "params.json", params, overwrite=cfg.overwrite,
+                           what="an unfinished tile run")
+    if cfg.overwrite:
+        _wipe(wd)
+    wd.qc_dir.mkdir(parents=True, exist_ok=True)
+    write_json(parts / "params.json", {"params": artifacts.normalise(params)})
+    artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
+
+    patients: dict[str, list[slides.SlideEntry]] = {}
+    for e in uniq.values():
+        patients.setdefault(e.patient_id, []).append(e)
+    records = {sid: _load_record(parts, sid) for sid in uniq}
+
+    def complete(e: slides.SlideEntry) -> bool:
+        rec = records[e.slide_id]
+        if rec is None or set(rec["counts"]) != {s.slide_id for s in patients[e.patient_id]}:
+            return False
+        return rec["row"]["n_patches"] == 0 or (
+            (wd.patches_zarr / e.slide_id / "zarr.json").is_file()
+            and (parts / f"{e.slide_id}.patches.parquet").is_file())
+
+    to_scan = [e for group in patients.values() if not all(map(complete, group)) for e in group]
+    rows: dict[str, dict[str, Any]] = {}
+    skipped = 0
+    bar = _Bar(progress)
+    pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+            if cfg.workers > 1 and len(to_scan) > 1 else None)
+    try:
+        with bar.progress:
+            step = bar.phase("scanning", len(to_scan))
+            scans = {}
+            for job, scan in _map(pool, scan_slide, [(e, cfg, parts, wd.qc_dir) for e in to_scan]):
+                scans[job[0].slide_id] = scan
+                step()
+            jobs = []
+            for pid, group in patients.items():
+                if group[0].slide_id not in scans:  # every slide of the patient is finished
+                    rows.update({e.slide_id: records[e.slide_id]["row"] for e in group})
+                    skipped += len(group)
+                    continue
+                counts = {e.slide_id: scans[e.slide_id]["n_candidates"] for e in group}
+                alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
+                for e in group:
+                    sid, scan, rec = e.slide_id, scans[e.slide_id], records[e.slide_id]
+                    if rec is not None and rec["counts"] == counts and complete(e):
+                        rows[sid] = rec["row"]
+                        skipped += 1
+                        (parts / f"{sid}.png").unlink(missing_ok=True)
+                        continue
+                    _record_path(parts, sid).unlink(missing_ok=True)
+                    if scan["status"] == "ok" and alloc[sid] > 0:
+                        idx = select(scan["xy"], alloc[sid], cfg.sampling, slide_rng(cfg.seed, pid, sid))
+                        jobs.append((e, scan, idx, cfg, wd, parts, counts))
+                        continue
+                    rows[sid] = {**_row(scan), "n_patches": 0}
+                    if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
+                        base = parts / f"{sid}.png"
+                        if base.is_file():
+                            base.replace(wd.qc_dir / f"{sid}.png")
+                    if scan["status"] != "failed":
+                        write_json(_record_path(parts, sid), {"row": rows[sid], "counts": counts})
+            step = bar.phase("tiling", len(jobs))
+            for job, row in _map(pool, extract_slide, [j[:6] for j in jobs]):
+                sid = job[0].slide_id
+                rows[sid] = row
+                if row["status"] != "failed":
+                    counts = next(j[6] for j in jobs if j[0].slide_id == sid)
+                    write_json(_record_path(parts, sid), {"row": row, "counts": counts})
+                step(row.get("n_patches", 0))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    out_rows = [{**rows[e.slide_id], "patient_id": e.patient_id, "path": str(e.path)}
+                for e in uniq.values()] + dup_rows
+    for r in out_rows:
+        r.setdefault("n_patches", 0)
+    with_patches = [r["slide_id"] for r in out_rows if r["status"] == "ok" and r["n_patches"] > 0]
+    for name in set(artifacts.array_names(wd.patches_zarr)) - set(with_patches):
+        shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
+    slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in out_rows],
+                                       schema=_schema(SLIDE_COLUMNS))
+    patch_parts = [pq.read_table(parts / f"{sid}.patches.parquet") for sid in with_patches]
+    patch_table = (pa.concat_tables(patch_parts).cast(_schema(PATCH_COLUMNS)) if patch_parts
+                   else _schema(PATCH_COLUMNS).empty_table())
+    artifacts.write_parquet(slide_table, wd.slides_table, schema="slides")
+    artifacts.write_parquet(patch_table, wd.patches_table, schema="patches")
+    write_yaml(cfg, wd.stage_manifest("tile").with_suffix(".yaml"))
+    manifest = Manifest("tile", params)
+    for e in uniq.values():
+        manifest.add_input(e.path)
+    n_patches = int(patch_table.num_rows)
+    counts_out = {s: sum(r["status"] == s for r in out_rows) for s in ("ok", "no_tissue", "failed")}
+    manifest.write(wd.stage_manifest("tile"), counts={"slides": len(out_rows), "patients": len(patients),
+                                                      "patches": n_patches, "skipped": skipped,
+                                                      **counts_out})
+    return TileResult(wd.root, wd.slides_table, wd.patches_table, out_rows, len(patients), n_patches,
+                      skipped, time.perf_counter() - t_start)
