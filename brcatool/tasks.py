@@ -64,12 +64,12 @@ def normalise_subtype(value: object) -> str | None:
 
 
 def looks_like_pam50(values: Sequence[object]) -> bool:
-    """Whether most non-missing values of a column are PAM50 subtypes."""
+    """Whether at least half of the non-missing values of a column are PAM50 subtypes."""
     present = [v for v in values if not is_missing(v)]
     if not present:
         return False
     hits = sum(normalise_subtype(v) is not None for v in present)
-    return hits >= 0.8 * len(present)
+    return hits >= 0.5 * len(present)
 
 
 @dataclass
@@ -206,9 +206,10 @@ TASKS: dict[str, TaskFactory] = {
 }
 
 
-def default_task_name(values: Sequence[object], *, positive: Sequence[str] = ()) -> str:
-    """The paper's task when the column holds PAM50 subtypes (and no --positive), else generic."""
-    if not positive and looks_like_pam50(values):
+def default_task_name(values: Sequence[object], *, column: str | None = None,
+                      positive: Sequence[str] = ()) -> str:
+    """The paper's task when the column is named PAM50 or mostly holds subtypes, else generic."""
+    if not positive and ("pam50" in (column or "").lower() or looks_like_pam50(values)):
         return "luminal-vs-basalher2"
     return "generic"
 
@@ -216,7 +217,7 @@ def default_task_name(values: Sequence[object], *, positive: Sequence[str] = ())
 def resolve_task(name: str | None, values: Sequence[object], *, column: str | None = None,
                  positive: Sequence[str] = ()) -> Task:
     """Build the task called ``name`` (None: the default for these values)."""
-    name = name or default_task_name(values, positive=positive)
+    name = name or default_task_name(values, column=column, positive=positive)
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}", fix=f"use one of: {', '.join(TASKS)}")
     return TASKS[name](values, column=column, positive=tuple(positive))
