@@ -1,1 +1,28 @@
-"""The one synthetic-data factory: TCGA-like cohorts for the demo, the tests and the benchmarks."""
+"""The one synthetic-data factory: TCGA-like cohorts for the demo, the tests and the benchmarks.
+
+Names are imported lazily so ``import brcatool.synth`` stays light (no opencv/tifffile).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from brcatool.synth.cohort import CohortFiles, SlideTruth, make_cohort
+
+# name -> module that defines it (add "make_prepared_workdir": "brcatool.synth.prepared" here)
+_LAZY = {
+    "make_cohort": "brcatool.synth.cohort",
+    "CohortFiles": "brcatool.synth.cohort",
+    "SlideTruth": "brcatool.synth.cohort",
+}
+
+__all__ = ["CohortFiles", "SlideTruth", "make_cohort"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'brcatool.synth' has no attribute {name!r}")
