@@ -103,7 +103,7 @@ def tissue_mask(rgb: np.ndarray, *, method: str = "otsu-sat", min_area_px: float
     if method == "otsu-gray":
         chan = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         t, _ = cv2.threshold(chan, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        mask = chan < min(t, MAX_GRAY)
+        mask = chan <= min(t, MAX_GRAY)
     else:
         chan = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1])
         t, _ = cv2.threshold(chan, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -242,7 +242,12 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
         return _failed(entry, exc, t0)
     base = _qc_base(thumb, mask)
     status = "ok" if len(xy) else "no_tissue"
-    _png((qc_dir if status == "no_tissue" else parts) / f"{entry.slide_id}.png", base)
+    if status == "no_tissue":
+        _png(qc_dir / f"{entry.slide_id}.png", base)
+    else:  # boxes are drawn once the patches are chosen; raw, since PNG encoding is slow
+        with atomic_path(parts / f"{entry.slide_id}.qc.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, base)
     error = None if len(xy) else (
         f"slide ({w0}x{h0} px) is smaller than one patch ({plan.size0:.0f} px)"
         if plan.size0 > min(w0, h0) else "no tissue found under the mask")
@@ -312,8 +317,8 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
     })
     with atomic_path(parts / f"{entry.slide_id}.patches.parquet") as tmp:
         pq.write_table(table, tmp)
-    base_path = parts / f"{entry.slide_id}.png"
-    img = cv2.cvtColor(cv2.imread(str(base_path)), cv2.COLOR_BGR2RGB)
+    base_path = parts / f"{entry.slide_id}.qc.npy"
+    img = np.ascontiguousarray(np.load(base_path))
     s = img.shape[1] / scan["width"]
     for x, y in xy:
         p0 = (int(x * s), int(y * s))
@@ -491,7 +496,7 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
                     if rec is not None and rec["counts"] == counts and complete(e):
                         rows[sid] = rec["row"]
                         skipped += 1
-                        (parts / f"{sid}.png").unlink(missing_ok=True)
+                        (parts / f"{sid}.qc.npy").unlink(missing_ok=True)
                         continue
                     _record_path(parts, sid).unlink(missing_ok=True)
                     if scan["status"] == "ok" and alloc[sid] > 0:
@@ -500,9 +505,10 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
                         continue
                     rows[sid] = {**_row(scan), "n_patches": 0}
                     if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
-                        base = parts / f"{sid}.png"
+                        base = parts / f"{sid}.qc.npy"
                         if base.is_file():
-                            base.replace(wd.qc_dir / f"{sid}.png")
+                            _png(wd.qc_dir / f"{sid}.png", np.load(base))
+                            base.unlink()
                     if scan["status"] != "failed":
                         write_json(_record_path(parts, sid), {"row": rows[sid], "counts": counts})
             step = bar.phase("tiling", len(jobs))
