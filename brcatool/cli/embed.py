@@ -1,17 +1,80 @@
-"""`brcatool embed`."""
+"""`brcatool embed`: patch store -> features/<encoder>/ (parse, call run_embed, report)."""
 
 from __future__ import annotations
 
-from brcatool.cli.common import ConfigOpt, QuietOpt, SeedOpt, WorkdirOpt, default_workdir, report_errors
-from brcatool.errors import NotBuiltError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brcatool.cli.common import (
+    ConfigOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    WorkdirOpt,
+    console,
+    default_workdir,
+    report_errors,
+)
 
 
 @report_errors
 def embed(
     workdir: WorkdirOpt = default_workdir(),
+    encoder: Annotated[str, typer.Option(
+        "--encoder", "-e",
+        help="Encoder: resnet50 (2048-d), resnet50-trunc (layer3, 1024-d), resnet18, resnet34, "
+        "efficientnet_b0, mobilenet_v3_large, or another torchvision classifier (densenet121, "
+        "convnext_tiny, vit_b_16, ...).")] = "resnet50",
+    weights: Annotated[str, typer.Option(
+        "--weights",
+        help="imagenet (torchvision weights, from the TORCH_HOME cache), PATH (a state_dict file) "
+        "or random (seeded; tests and offline demos only).")] = "imagenet",
+    input_size: Annotated[int | None, typer.Option(
+        "--input-size", help="Resize patches to this many px (default: the patch size, no resize).")] = None,
+    stain_norm: Annotated[str, typer.Option(
+        "--stain-norm", help="none or macenko.")] = "none",
+    stain_ref: Annotated[Path | None, typer.Option(
+        "--stain-ref", dir_okay=False,
+        help="Reference image for Macenko (default: the most tissue-rich patch).")] = None,
+    views: Annotated[int, typer.Option(
+        "--views", min=1, help="Feature views per patch: view 0 clean, the others colour-jittered "
+        "and rotated/flipped (seeded), for training-time augmentation.")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="auto (bf16 where the CPU/GPU has it natively, else fp32), fp32, bf16, "
+        "fp16.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help="Patches per forward pass (default 256 on CUDA, 32 on CPU).")] = None,
+    num_workers: Annotated[int | None, typer.Option(
+        "--num-workers", min=0, help="DataLoader reader processes (default min(4, CPUs)).")] = None,
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """(not built yet)"""
-    raise NotBuiltError("`brcatool embed` is not built yet in this version")
+    """Encode every patch with a CNN into features/<encoder>/features.zarr (resumable per slide)."""
+    from rich.table import Table
+
+    from brcatool.embedding import EmbedConfig, run_embed
+
+    cfg = EmbedConfig(encoder=encoder, weights=weights, input_size=input_size, stain_norm=stain_norm,
+                      stain_ref=stain_ref, views=views, seed=seed, device=device, precision=precision,
+                      batch_size=batch_size, num_workers=num_workers, overwrite=overwrite)
+    res = run_embed(workdir, cfg, progress=not quiet)
+    if quiet:
+        return
+    table = Table(title=f"embed: {res.features_dir}", show_header=False)
+    for key, value in [
+        ("encoder", f"{res.encoder} ({res.dim}-d, input {res.params['input_size']} px)"),
+        ("weights", res.weights),
+        ("views", str(res.views)),
+        ("device / precision", f"{res.device} / {res.precision}"),
+        ("slides embedded / skipped", f"{res.slides_embedded} / {res.slides_skipped}"),
+        ("patches embedded", f"{res.patches:,}"),
+        ("speed", f"{res.patches_per_s:,.1f} patches/s"),
+        ("seconds", f"{res.seconds:.1f}"),
+    ]:
+        table.add_row(key, value)
+    console.print(table)

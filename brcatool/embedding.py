@@ -1,0 +1,671 @@
+"""The embed stage: patch store -> CNN features, one Zarr array per slide.
+
+One registry names every encoder (input size, normalisation, output dim), so adding one is one
+entry. Weights come from torchvision's ImageNet cache, a local state_dict or a seeded random
+init, and their identity (name + sha256) goes into the manifest so `train` can refuse to mix
+features. Augmented views are computed here, once, so training never runs the CNN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from brcatool import artifacts, stores
+from brcatool.artifacts import Workdir
+from brcatool.errors import ArtifactError, InputError, OfflineError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Colour-jitter half-ranges (brightness, contrast, saturation as factors 1 +/- x; hue in turns).
+JITTER = {"brightness": 0.15, "contrast": 0.15, "saturation": 0.15, "hue": 0.04}
+
+
+# --------------------------------------------------------------------------- encoders registry
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build one encoder and what it expects and returns."""
+
+    name: str
+    arch: str  # torchvision model name whose weights it loads
+    dim: int
+    fixed_input: int | None = None  # models that only accept one size (ViT)
+    weights_enum: str = "DEFAULT"  # member of torchvision's weights enum for `imagenet`
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extract: Callable[[Any], Any] | None = None  # full classifier -> feature extractor
+
+
+def _strip_head(net: nn.Module) -> nn.Module:
+    """Replace the final Linear of a torchvision classifier by Identity (pooled features out)."""
+    from torch import nn
+
+    for attr in ("fc", "classifier", "head", "heads"):
+        head = getattr(net, attr, None)
+        if isinstance(head, nn.Linear):
+            setattr(net, attr, nn.Identity())
+            return net
+        if isinstance(head, nn.Sequential):
+            linear = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
+            if linear:
+                head[linear[-1]] = nn.Identity()
+                return net
+    raise InputError(f"cannot find a Linear classification head on {type(net).__name__}",
+                     fix="pick one of the registered encoders (`brcatool embed --help`)")
+
+
+def _head_in_features(net: nn.Module) -> int:
+    from torch import nn
+
+    linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise InputError(f"{type(net).__name__} has no Linear head",
+                         fix="pick one of the registered encoders (`brcatool embed --help`)")
+    return int(linear[-1].in_features)
+
+
+def _resnet_trunk(net: nn.Module) -> nn.Module:
+    """ResNet through layer3 + global average pooling: the usual 1024-d pathology baseline."""
+    from torch import nn
+
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+                         net.layer3, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+
+REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register(spec: EncoderSpec) -> EncoderSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(EncoderSpec("resnet50", "resnet50", 2048, weights_enum="IMAGENET1K_V1"))
+register(EncoderSpec("resnet50-trunc", "resnet50", 1024, weights_enum="IMAGENET1K_V1",
+                     extract=_resnet_trunk))
+for _name, _dim in (("resnet18", 512), ("resnet34", 512), ("efficientnet_b0", 1280),
+                    ("mobilenet_v3_large", 1280)):
+    register(EncoderSpec(_name, _name, _dim))
+
+
+def get_encoder(name: str) -> EncoderSpec:
+    """The registered spec, or any torchvision classification model with a Linear head."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    import torchvision
+
+    if name in torchvision.models.list_models(module=torchvision.models) and not name.startswith(
+            ("inception", "googlenet", "squeezenet", "maxvit")):
+        net = torchvision.models.get_model(name, weights=None)
+        fixed = getattr(net, "image_size", None)
+        return EncoderSpec(name, name, _head_in_features(net), fixed_input=fixed)
+    raise InputError(f"unknown encoder {name!r}",
+                     fix=f"use one of: {', '.join(REGISTRY)} (or another torchvision "
+                     "classification model name, e.g. resnet101)")
+
+
+# --------------------------------------------------------------------------- weights
+@dataclass(frozen=True)
+class Weights:
+    """Where weights come from and their identity; ``file`` is None for a random init."""
+
+    identity: str  # "random:<seed>" or "<name> sha256:<hex>"
+    source: str  # imagenet | path | random
+    file: Path | None = None
+    sha256: str | None = None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def imagenet_cache_file(spec: EncoderSpec, variant: str | None = None) -> tuple[str, str, Path]:
+    """(enum name, url, file in the TORCH_HOME cache) of the encoder's ImageNet weights."""
+    import torch
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(spec.arch)
+    member = variant or spec.weights_enum
+    try:
+        w = enum[member] if member != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise InputError(f"no weights {member!r} for {spec.arch}",
+                         fix=f"use one of: {', '.join(m.name for m in enum)}") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url.split("?")[0])
+    return f"{type(w).__name__}.{w.name}", w.url, path
+
+
+def resolve_weights(spec: EncoderSpec, weights: str, *, seed: int) -> Weights:
+    """Find (or download once) the weights file and fingerprint it; no model is built here."""
+    if weights == "random":
+        return Weights(f"random:{seed}", "random")
+    if weights == "imagenet" or weights.startswith("imagenet:"):
+        import torch
+
+        name, url, path = imagenet_cache_file(spec, weights.partition(":")[2] or None)
+        if not path.is_file():
+            try:
+                torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True,
+                                                   progress=False)
+            except Exception as exc:  # noqa: BLE001 - any network/IO failure means offline
+                raise OfflineError(
+                    f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
+                    f"({type(exc).__name__})", path=path,
+                    fix=f"copy {url} to that path (or set TORCH_HOME), or pass --weights PATH "
+                    "to a state_dict file, or --weights random for a test run") from None
+        digest = sha256_file(path)
+        return Weights(f"{name} sha256:{digest}", "imagenet", path, digest)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError("weights file not found", path=path,
+                         fix="pass --weights imagenet, random, or the path of a state_dict file")
+    digest = sha256_file(path)
+    return Weights(f"{path.name} sha256:{digest}", "path", path, digest)
+
+
+def _load_state_dict(net: nn.Module, weights: Weights) -> None:
+    """Load a torchvision-style state_dict; only the classification head may be missing."""
+    import torch
+
+    try:
+        sd = torch.load(weights.file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot read weights ({type(exc).__name__}: {exc})", path=weights.file,
+                         fix="pass a file saved with torch.save(model.state_dict(), PATH)") from None
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise InputError("does not hold a state_dict", path=weights.file)
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    head = ("fc.", "classifier.", "head.", "heads.")
+    missing = [k for k in missing if not k.startswith(head)]
+    unexpected = [k for k in unexpected if not k.startswith(head)]
+    if missing or unexpected:
+        raise InputError(
+            f"does not match the {type(net).__name__} architecture (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})", path=weights.file,
+            fix="pass the state_dict of the torchvision model named by --encoder")
+
+
+def build_encoder(spec: EncoderSpec, weights: Weights, *, seed: int = 0) -> nn.Module:
+    """The feature extractor in eval mode: (B, 3, H, W) float -> (B, spec.dim)."""
+    import torch
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = torchvision.models.get_model(spec.arch, weights=None)
+    if weights.file is not None:
+        _load_state_dict(net, weights)
+    net = spec.extract(net) if spec.extract else _strip_head(net)
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- stain normalisation
+class Macenko:
+    """Macenko et al. 2009 stain normalisation, numpy only (Io=240, alpha=1, beta=0.15)."""
+
+    io, alpha, beta = 240.0, 1.0, 0.15
+
+    def __init__(self, he: np.ndarray, max_c: np.ndarray):
+        self.he, self.max_c = np.asarray(he, np.float64), np.asarray(max_c, np.float64)
+
+    @classmethod
+    def stains(cls, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(H&E matrix 3x2, 99th-percentile concentrations, concentrations 2xN) or None if no tissue."""
+        od = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1) / cls.io)
+        tissue = od[(od > cls.beta).all(axis=1)]
+        if len(tissue) < 64:
+            return None
+        _, vecs = np.linalg.eigh(np.cov(tissue.T))
+        plane = tissue @ vecs[:, 1:3]
+        phi = np.arctan2(plane[:, 1], plane[:, 0])
+        lo, hi = np.percentile(phi, [cls.alpha, 100 - cls.alpha])
+        v1 = vecs[:, 1:3] @ np.array([np.cos(lo), np.sin(lo)])
+        v2 = vecs[:, 1:3] @ np.array([np.cos(hi), np.sin(hi)])
+        he = np.stack([v1, v2] if v1[0] > v2[0] else [v2, v1], axis=1)
+        he *= np.sign(he.sum(axis=0, keepdims=True)) + (he.sum(axis=0, keepdims=True) == 0)
+        conc = np.linalg.lstsq(he, od.T, rcond=None)[0]
+        return he, np.percentile(conc, 99, axis=1), conc
+
+    @classmethod
+    def fit(cls, rgb: np.ndarray) -> Macenko:
+        found = cls.stains(rgb)
+        if found is None:
+            raise InputError("the stain reference image has too little tissue to fit Macenko",
+                             fix="pass --stain-ref with a tissue-rich H&E image")
+        return cls(found[0], found[1])
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Normalised uint8 copy; patches without enough tissue are returned unchanged."""
+        found = self.stains(rgb)
+        if found is None:
+            return rgb
+        _, max_c, conc = found
+        conc = conc * (self.max_c / np.maximum(max_c, 1e-6))[:, None]
+        out = self.io * np.exp(-self.he @ conc)
+        return np.clip(out.T, 0, 255).reshape(rgb.shape).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- augmented views
+def view_params(seed: int, slide_id: str, view: int, n: int) -> np.ndarray:
+    """(n, 5) jitter factors + dihedral index per patch, fixed by (seed, slide, view, patch)."""
+    rng = np.random.default_rng([seed, view, zlib.crc32(slide_id.encode())])
+    j = rng.uniform(-1, 1, (n, 4)) * np.array([JITTER[k] for k in JITTER])
+    j[:, :3] += 1.0
+    return np.concatenate([j, rng.integers(0, 8, (n, 1))], axis=1).astype(np.float32)
+
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def augment(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Per-sample colour jitter and right-angle rotation/flip of a [0,1] batch (B,3,H,W).
+
+    Vectorised so it runs on the GPU as a few tensor ops; hue is a rotation in YIQ space.
+    """
+    import torch
+
+    lum = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    b, c, s, h = (p[:, i].to(x.dtype).view(-1, 1, 1, 1) for i in range(4))
+    x = (x * b).clamp(0, 1)
+    mean = (x * lum).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = ((x - mean) * c + mean).clamp(0, 1)
+    gray = (x * lum).sum(1, keepdim=True)
+    x = ((x - gray) * s + gray).clamp(0, 1)
+    theta = 2 * np.pi * p[:, 3].double().cpu().numpy()
+    rot = np.zeros((len(theta), 3, 3))
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1] = rot[:, 2, 2] = np.cos(theta)
+    rot[:, 1, 2], rot[:, 2, 1] = -np.sin(theta), np.sin(theta)
+    m = torch.from_numpy(np.linalg.inv(_YIQ) @ rot @ _YIQ).to(x.device, x.dtype)
+    x = torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+    out = torch.empty_like(x)
+    k = p[:, 4].long()
+    for d in k.unique().tolist():
+        sel = (k == d).nonzero().flatten()
+        y = torch.rot90(x[sel], d % 4, dims=(2, 3))
+        out[sel] = torch.flip(y, dims=(3,)) if d >= 4 else y
+    return out
+
+
+# --------------------------------------------------------------------------- dataset
+class PatchBatches:
+    """Map-style dataset whose items are whole batches of consecutive patches (across slides).
+
+    Reading contiguous slices of the sharded Zarr arrays is far cheaper than one read per
+    patch; batches span slide ends so they stay full. Picklable for spawned workers.
+    """
+
+    def __init__(self, root: Path, segments: list[tuple[str, int]], batch_size: int, *,
+                 views: int = 1, seed: int = 0, stain: Macenko | None = None):
+        self.root, self.segments, self.batch_size = Path(root), segments, batch_size
+        self.views, self.seed, self.stain = views, seed, stain
+        self.starts = np.cumsum([0] + [n for _, n in segments])
+        self.total = int(self.starts[-1])
+        self._arrays: dict[str, Any] = {}
+        self._params: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return -(-self.total // self.batch_size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": {}, "_params": {}}
+
+    def _array(self, slide_id: str):
+        if slide_id not in self._arrays:
+            self._arrays[slide_id] = stores.read_patches(Workdir(self.root), slide_id)
+        return self._arrays[slide_id]
+
+    def _aug(self, slide_id: str, n: int) -> np.ndarray:
+        if slide_id not in self._params:
+            self._params = {slide_id: np.stack(
+                [view_params(self.seed, slide_id, v, n) for v in range(1, self.views)])}
+        return self._params[slide_id]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.total)
+        pix, aug = [], []
+        s = int(np.searchsorted(self.starts, lo, side="right") - 1)
+        while lo < hi:
+            slide_id, n = self.segments[s]
+            a, b = lo - self.starts[s], min(hi, self.starts[s + 1]) - self.starts[s]
+            pix.append(np.asarray(self._array(slide_id)[a:b]))
+            if self.views > 1:
+                aug.append(self._aug(slide_id, n)[:, a:b])
+            lo, s = self.starts[s] + b, s + 1
+        arr = np.concatenate(pix)
+        if self.stain is not None:
+            arr = np.stack([self.stain(p) for p in arr])
+        out = {"pixels": torch.from_numpy(arr)}
+        out["aug"] = torch.from_numpy(np.concatenate(aug, axis=1)) if aug else torch.zeros(0)
+        return out
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- device & precision
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no CUDA GPU is visible to torch",
+                         fix="use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {name!r}", fix="use auto, cpu or cuda")
+    return name
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 (AVX512-BF16 or AMX); without it bf16 autocast is slower than fp32."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def resolve_precision(name: str, device: str) -> str:
+    import torch
+
+    if name == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise InputError(f"unknown precision {name!r}", fix="use auto, fp32, bf16 or fp16")
+    return name
+
+
+# --------------------------------------------------------------------------- the stage
+@dataclass
+class EmbedConfig:
+    """Options of `brcatool embed` (defaults match the CLI)."""
+
+    encoder: str = "resnet50"
+    weights: str = "imagenet"  # imagenet | imagenet:<ENUM MEMBER> | random | PATH
+    input_size: int | None = None  # None: the patch size (no resize)
+    stain_norm: str = "none"  # none | macenko
+    stain_ref: Path | None = None  # reference image; default: the most tissue-rich patch
+    views: int = 1
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None  # None: 256 on CUDA, 32 on CPU
+    num_workers: int | None = None  # None: min(4, CPUs)
+    overwrite: bool = False
+
+
+@dataclass
+class EmbedResult:
+    features_dir: Path
+    encoder: str
+    weights: str
+    dim: int
+    views: int
+    device: str
+    precision: str
+    slides_embedded: int
+    slides_skipped: int
+    patches: int
+    seconds: float
+    loop_seconds: float
+    patches_per_s: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _segments(wd: Workdir) -> tuple[list[tuple[str, int]], dict[str, str], int]:
+    """(slide_id, n_patches) in table order, slide -> patient, patch size; checked against the store."""
+    table = artifacts.read_parquet(wd.patches_table, schema="patches", made_by="tile")
+    wd.require(wd.patches_zarr, made_by="tile")
+    counts = table.group_by("slide_id", maintain_order=True).len()
+    patients = dict(zip(table["slide_id"], table["patient_id"], strict=True))
+    segments, sizes = [], set()
+    for slide_id, n in counts.iter_rows():
+        try:
+            arr = stores.read_patches(wd, slide_id)
+        except KeyError:
+            raise ArtifactError(f"has no patches for slide {slide_id}", path=wd.patches_zarr,
+                                fix="re-run `brcatool tile --overwrite`") from None
+        if arr.shape[0] != n:
+            raise ArtifactError(f"slide {slide_id} holds {arr.shape[0]} patches, patches.parquet "
+                                f"lists {n}", path=wd.patches_zarr, fix="re-run `brcatool tile --overwrite`")
+        sizes.add(tuple(arr.shape[1:3]))
+        segments.append((slide_id, int(n)))
+    if len(sizes) > 1:
+        raise ArtifactError(f"patches of several sizes {sorted(sizes)}", path=wd.patches_zarr,
+                            fix="tile again with one --patch-size")
+    if not segments:
+        raise ArtifactError("lists no patches", path=wd.patches_table,
+                            fix="check `brcatool tile` found tissue (see slides.parquet)")
+    return segments, patients, sizes.pop()[0]
+
+
+def _stain(cfg: EmbedConfig, wd: Workdir, segments: list[tuple[str, int]]) -> Macenko | None:
+    if cfg.stain_norm == "none":
+        return None
+    if cfg.stain_norm != "macenko":
+        raise InputError(f"unknown stain normalisation {cfg.stain_norm!r}", fix="use none or macenko")
+    if cfg.stain_ref is not None:
+        import cv2
+
+        img = cv2.imread(str(cfg.stain_ref), cv2.IMREAD_COLOR)
+        if img is None:
+            raise InputError("cannot read the stain reference image", path=cfg.stain_ref)
+        return Macenko.fit(img[..., ::-1])
+    table = artifacts.read_parquet(wd.patches_table, schema="patches")
+    best = table.sort(["tissue_fraction", "slide_id", "patch_index"],
+                      descending=[True, False, False]).row(0, named=True)
+    return Macenko.fit(np.asarray(stores.read_patches(wd, best["slide_id"])[best["patch_index"]]))
+
+
+def _params_hash(params: dict[str, Any]) -> str:
+    blob = json.dumps(artifacts.normalise(params), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed or 0:,.1f} patches/s")
+
+    return Progress(TextColumn("embed {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    Rate(), TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not enabled)
+
+
+def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) -> EmbedResult:
+    """Embed every slide of the patch store with ``cfg.encoder``; resume slides already done."""
+    import torch
+    import torch.nn.functional as F
+    from rich.console import Console
+
+    from brcatool.config import write_yaml
+
+    t0 = time.perf_counter()
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    if cfg.views < 1:
+        raise InputError(f"--views must be >= 1, got {cfg.views}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.input_size is not None and cfg.input_size < 16:
+        raise InputError(f"--input-size must be >= 16 px, got {cfg.input_size}")
+    spec = get_encoder(cfg.encoder)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    segments, patients, patch_size = _segments(wd)
+    weights = resolve_weights(spec, cfg.weights, seed=cfg.seed)
+    stain = _stain(cfg, wd, segments)
+    input_size = spec.fixed_input or cfg.input_size or patch_size
+    params: dict[str, Any] = {
+        "encoder": spec.name, "weights": weights.identity, "dim": spec.dim, "views": cfg.views,
+        "input_size": input_size, "patch_size": patch_size,
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
+        "stain_norm": None if stain is None else {
+            "method": "macenko", "he": np.round(stain.he, 6).tolist(),
+            "max_c": np.round(stain.max_c, 6).tolist()},
+        "augment": {**JITTER, "dihedral": True, "seed": cfg.seed} if cfg.views > 1 else None,
+        "dtype": "float16", "precision": precision,
+    }
+    fdir = wd.features_dir(spec.name)
+    manifest_path = fdir / "manifest.json"
+    if cfg.overwrite and fdir.exists():
+        shutil.rmtree(fdir)
+    artifacts.check_params(manifest_path, params, overwrite=cfg.overwrite,
+                           what=f"features of encoder {spec.name!r}")
+    manifest = artifacts.Manifest("embed", params)
+    manifest.add_input(wd.patches_table)
+    manifest.write(manifest_path, status="running")
+    if weights.source == "random":
+        Console(stderr=True).print(
+            f"[bold yellow]warning:[/] {spec.name} uses RANDOM weights (seed {cfg.seed}); features "
+            "are only good for tests and demos. Use --weights imagenet or --weights PATH.")
+
+    phash = _params_hash(params)
+    existing = set(stores.feature_slides(wd, spec.name))
+    group = artifacts.open_group(wd.features_zarr(spec.name), schema="feature-store") if existing else None
+    done = {s for s, n in segments if s in existing
+            and group[s].attrs.get("params_hash") == phash and group[s].shape == (cfg.views, n, spec.dim)}
+    todo = [(s, n) for s, n in segments if s not in done]
+
+    bs = cfg.batch_size or (256 if device == "cuda" else 32)
+    workers = min(4, os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
+    loop_start = time.perf_counter()
+    total = sum(n for _, n in todo)
+    if todo:
+        model = build_encoder(spec, weights, seed=cfg.seed).to(device, memory_format=torch.channels_last)
+        data = PatchBatches(wd.root, todo, bs, views=cfg.views, seed=cfg.seed, stain=stain)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device == "cuda",
+            worker_init_fn=_worker_init if workers else None,
+            multiprocessing_context="spawn" if workers else None, prefetch_factor=4 if workers else None)
+        mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        buffers: dict[str, np.ndarray] = {}
+        filled = {s: 0 for s, _ in todo}
+        seg_iter = iter(todo)
+        pending: list[tuple[str, int]] = []
+        with _progress(progress) as bar, torch.inference_mode(), \
+                torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
+            task = bar.add_task(f"{spec.name} ({device}, {precision})", total=total)
+            for batch in loader:
+                px = batch["pixels"].to(device, non_blocking=True)
+                x = px.permute(0, 3, 1, 2).float().div_(255)  # NHWC memory = channels_last
+                aug = batch["aug"].to(device, non_blocking=True)
+                feats = []
+                for v in range(cfg.views):
+                    xv = x if v == 0 else augment(x, aug[v - 1])
+                    if xv.shape[-1] != input_size:
+                        xv = F.interpolate(xv, size=(input_size, input_size), mode="bilinear",
+                                           antialias=True, align_corners=False)
+                    xv = ((xv - mean) / std).contiguous(memory_format=torch.channels_last)
+                    feats.append(model(xv).float())
+                out = torch.stack(feats).cpu().numpy()
+                pos = 0
+                while pos < out.shape[1]:
+                    if not pending or filled[pending[0][0]] == pending[0][1]:
+                        pending = [next(seg_iter)]
+                        buffers[pending[0][0]] = np.empty((cfg.views, pending[0][1], spec.dim),
+                                                          np.float16)
+                    slide_id, n = pending[0]
+                    take = min(n - filled[slide_id], out.shape[1] - pos)
+                    buffers[slide_id][:, filled[slide_id]:filled[slide_id] + take] = out[:, pos:pos + take]
+                    filled[slide_id] += take
+                    pos += take
+                    if filled[slide_id] == n:
+                        if not np.isfinite(buffers[slide_id]).all():
+                            raise ArtifactError(f"non-finite features for slide {slide_id}",
+                                                path=fdir, fix="try --precision fp32")
+                        stores.write_features(wd, spec.name, slide_id, buffers.pop(slide_id),
+                                              attrs={"params_hash": phash})
+                bar.advance(task, out.shape[1])
+    loop_seconds = time.perf_counter() - loop_start
+
+    import polars as pl
+
+    index = pl.DataFrame({
+        "slide_id": [s for s, _ in segments], "patient_id": [patients[s] for s, _ in segments],
+        "n_patches": [n for _, n in segments], "views": [cfg.views] * len(segments),
+        "dim": [spec.dim] * len(segments)}, schema={"slide_id": pl.Utf8, "patient_id": pl.Utf8,
+                                                    "n_patches": pl.Int64, "views": pl.Int64,
+                                                    "dim": pl.Int64})
+    artifacts.write_parquet(index, wd.features_index(spec.name), schema="features")
+    write_yaml(cfg, fdir / "config.yaml")
+    seconds = time.perf_counter() - t0
+    rate = total / loop_seconds if total and loop_seconds > 0 else 0.0
+    manifest.write(manifest_path, status="complete",
+                   counts={"slides": len(segments), "slides_embedded": len(todo),
+                           "slides_skipped": len(done), "patches": sum(n for _, n in segments),
+                           "patches_embedded": total},
+                   weights_detail={"source": weights.source, "file": weights.file,
+                                   "sha256": weights.sha256},
+                   runtime={"device": device, "batch_size": bs, "num_workers": workers,
+                            "seconds": round(seconds, 3), "patches_per_s": round(rate, 2)})
+    return EmbedResult(fdir, spec.name, weights.identity, spec.dim, cfg.views, device, precision,
+                       len(todo), len(done), total, seconds, loop_seconds, rate, params)
+
+
+# --------------------------------------------------------------------------- for downstream stages
+#: Parameters that make two feature stores interchangeable; train refuses to mix others.
+IDENTITY_KEYS = ("encoder", "weights", "dim", "input_size", "normalisation", "stain_norm", "precision")
+
+
+def feature_manifest(workdir: Path | Workdir, encoder: str) -> dict[str, Any]:
+    """The finished embed manifest of ``encoder`` (``["params"]`` holds encoder, weights, dim, ...)."""
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    path = wd.features_dir(encoder) / "manifest.json"
+    if not path.is_file():
+        have = ", ".join(wd.available_encoders()) or "none"
+        raise ArtifactError(f"no features for encoder {encoder!r} (available: {have})", path=path,
+                            fix=f"run `brcatool embed -w {wd.root} --encoder {encoder}` first")
+    manifest = artifacts.read_json(path)
+    if manifest.get("status") != "complete" or not wd.features_index(encoder).is_file():
+        raise ArtifactError("embedding did not finish", path=path.parent,
+                            fix=f"re-run `brcatool embed -w {wd.root} --encoder {encoder}` to resume")
+    return manifest
+
+
+def feature_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The part of a feature manifest that must match for features to be mixed or compared."""
+    params = manifest.get("params", manifest)
+    return {k: params.get(k) for k in IDENTITY_KEYS}
