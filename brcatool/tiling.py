@@ -14,7 +14,7 @@ import hashlib
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +46,7 @@ class TileConfig:
     stride: int | None = None  # output px between patches; default = patch_size
     min_tissue: float = 0.5  # tissue fraction a candidate needs under the mask
     tissue_method: Literal["otsu-sat", "otsu-gray"] = "otsu-sat"
-    min_area: float = 10000.0  # µm²; smaller tissue components are dropped
+    min_area: float = 5000.0  # µm²; smaller tissue components are dropped
     mpp_fallback: float | None = None  # level-0 µm/px for slides without usable metadata
     seed: int = 0
     workers: int = 1
@@ -268,10 +268,17 @@ def _write_patch_array(wd: Workdir, slide_id: str, n: int, size: int,
             store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
             shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors="auto",
             attributes=attrs, zarr_format=3, overwrite=True)
-        start = 0
-        for batch in batches:
-            arr[start:start + len(batch)] = batch
-            start += len(batch)
+        # compress/write one shard in a thread while the next is read (both release the GIL)
+        with ThreadPoolExecutor(1) as writer:
+            pending = None
+            start = 0
+            for batch in batches:
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(arr.__setitem__, slice(start, start + len(batch)), batch)
+                start += len(batch)
+            if pending is not None:
+                pending.result()
 
 
 def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarray, cfg: TileConfig,
@@ -290,9 +297,10 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
         slide = slides.open_slide(entry.path)
         try:
             def batches() -> Iterable[np.ndarray]:
-                buf = np.empty((PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
-                for s in range(0, len(xy), PATCH_SHARD):
-                    part = xy[s:s + PATCH_SHARD]
+                # two buffers: one is filled while the writer still holds the other
+                bufs = np.empty((2, PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
+                for b, s in enumerate(range(0, len(xy), PATCH_SHARD)):
+                    part, buf = xy[s:s + PATCH_SHARD], bufs[b % 2]
                     for i, (x, y) in enumerate(part):
                         buf[i] = slides.read_patch(slide, int(x), int(y), plan)
                     yield buf[: len(part)]

@@ -59,7 +59,7 @@ def tile(
         "--tissue-method", help="Otsu threshold on HSV saturation (otsu-sat) or on grey levels.")
     ] = TissueMethod.otsu_sat,
     min_area: Annotated[float, typer.Option(
-        "--min-area", min=0.0, help="Tissue pieces smaller than this many µm² are dropped.")] = 10000.0,
+        "--min-area", min=0.0, help="Tissue pieces smaller than this many µm² are dropped.")] = 5000.0,
     mpp_fallback: Annotated[float | None, typer.Option(
         "--mpp-fallback", help="Level-0 µm/px for slides whose mpp metadata is missing or implausible.")
     ] = None,
