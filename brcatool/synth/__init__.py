@@ -15,6 +15,7 @@ _LAZY = {
     "make_cohort": "brcatool.synth.cohort",
     "CohortFiles": "brcatool.synth.cohort",
     "SlideTruth": "brcatool.synth.cohort",
+    "make_prepared_workdir": "brcatool.synth.prepared",
 }
 
 __all__ = ["CohortFiles", "SlideTruth", "make_cohort"]

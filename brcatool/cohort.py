@@ -1,0 +1,371 @@
+"""What `train` learns from: features, expression and labels joined by patient, and the CV split.
+
+The split is made once over every labelled patient (stratified by label; one row per patient, so
+a patient's slides never straddle folds), saved to ``splits.json`` and re-checked against the
+cohort on every later use, so all runs and ablations share identical folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brcatool import artifacts, stores
+from brcatool.artifacts import Workdir
+from brcatool.errors import ArtifactError, InputError
+
+
+@dataclass
+class Cohort:
+    """Patients in a fixed order (sorted ids) with everything a model needs, as arrays."""
+
+    root: Path
+    task: str
+    classes: list[str]
+    patient_ids: list[str]
+    targets: np.ndarray  # (P,) int64
+    genes: list[str]
+    expression: np.ndarray  # (P, G) float32, zeros where has_expr is False
+    has_expr: np.ndarray  # (P,) bool
+    features: np.ndarray | None  # (P, V, N, D) float16/32 or None when images were not loaded
+    mask: np.ndarray  # (P, N) bool: valid patch positions
+    has_img: np.ndarray  # (P,) bool
+    slide_ids: list[str]  # slide names; patch_slide indexes into it
+    patch_slide: np.ndarray  # (P, N) int32, -1 for padding
+    patch_index: np.ndarray  # (P, N) int32, -1 for padding
+    encoder: dict[str, Any] = field(default_factory=dict)  # encoder, weights, dim, views
+    recipe_settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.patient_ids)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def feat_dim(self) -> int:
+        return 0 if self.features is None else int(self.features.shape[-1])
+
+    def available(self, *, gene: bool, image: bool) -> np.ndarray:
+        """Patients having every modality in the request (the ``--missing drop`` rule)."""
+        ok = np.ones(self.n, dtype=bool)
+        if gene:
+            ok &= self.has_expr
+        if image:
+            ok &= self.has_img
+        return ok
+
+    def hash(self) -> str:
+        return cohort_hash(self.patient_ids, self.targets)
+
+    # ------------------------------------------------------------------ sanity-check variants
+    def with_permuted_labels(self, seed: int) -> Cohort:
+        """A copy whose labels are shuffled across patients (a chance-level control)."""
+        rng = np.random.default_rng(seed)
+        return dataclasses.replace(self, targets=self.targets[rng.permutation(self.n)])
+
+    def with_shuffled_images(self, seed: int) -> Cohort:
+        """A copy whose image bags are shuffled across patients (what do images add?)."""
+        rng = np.random.default_rng(seed)
+        p = rng.permutation(self.n)
+        return dataclasses.replace(
+            self, features=None if self.features is None else self.features[p], mask=self.mask[p],
+            has_img=self.has_img[p], patch_slide=self.patch_slide[p], patch_index=self.patch_index[p])
+
+
+def cohort_hash(patient_ids: list[str], targets: np.ndarray) -> str:
+    pairs = sorted(zip(patient_ids, (int(t) for t in targets), strict=True))
+    return hashlib.sha256("\n".join(f"{p}\t{t}" for p, t in pairs).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+def resolve_encoder(wd: Workdir, encoder: str | None, *, required: bool = True) -> str | None:
+    """The encoder to use: the one named, or the only one present."""
+    present = wd.available_encoders()
+    if encoder:
+        if encoder not in present:
+            raise ArtifactError(
+                f"no features for encoder {encoder!r}", path=wd.features_dir(encoder),
+                fix=(f"use one of: {', '.join(present)}" if present
+                     else f"run `brcatool embed -w {wd.root} --encoder {encoder}` first"))
+        return encoder
+    if not present:
+        if not required:
+            return None
+        raise ArtifactError("no patch features in the workdir", path=wd.root / "features",
+                            fix=f"run `brcatool embed -w {wd.root}` first")
+    if len(present) > 1:
+        raise InputError(f"several encoders have features: {', '.join(present)}",
+                         fix="choose one with --encoder")
+    return present[0]
+
+
+def encoder_identity(wd: Workdir, encoder: str) -> dict[str, Any]:
+    """Encoder name, weights identity, dim and views from ``features/<encoder>/manifest.json``."""
+    path = wd.features_dir(encoder) / "manifest.json"
+    params = artifacts.read_json(path).get("params", {})
+    missing = [k for k in ("encoder", "weights", "dim") if k not in params]
+    if missing:
+        raise ArtifactError(f"features manifest lacks {', '.join(missing)}", path=path,
+                            fix=f"re-run `brcatool embed -w {wd.root} --encoder {encoder} --overwrite`")
+    return {"encoder": str(params["encoder"]), "weights": str(params["weights"]),
+            "dim": int(params["dim"]), "views": int(params.get("views", 1))}
+
+
+def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: bool = True,
+                expression: bool = True, dtype: Any = np.float16, progress: bool = False) -> Cohort:
+    """Join labels, expression and patch features by patient.
+
+    ``images=False`` skips reading the feature store (gene-only models); the index still tells
+    which patients have slides. Patients come from ``labels.parquet``.
+    """
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    labels = artifacts.read_parquet(wd.labels_table, schema="labels", made_by=f"prep-expr -w {wd.root}")
+    labels = labels.sort("patient_id")
+    if labels["patient_id"].n_unique() != labels.height:
+        raise ArtifactError("has several rows for a patient", path=wd.labels_table,
+                            fix="re-run `brcatool prep-expr --overwrite`")
+    if labels.height == 0:
+        raise ArtifactError("holds no labelled patients", path=wd.labels_table,
+                            fix="check the clinical table and the --task given to prep-expr")
+    tasks = labels["task"].unique().to_list()
+    if len(tasks) != 1:
+        raise ArtifactError(f"mixes tasks {tasks}", path=wd.labels_table, fix="re-run prep-expr")
+    pids: list[str] = labels["patient_id"].cast(str).to_list()
+    targets = labels["target"].to_numpy().astype(np.int64)
+    classes = _class_names(labels, str(tasks[0]), wd.labels_table)
+    if len(np.unique(targets)) < 2:
+        raise ArtifactError(f"has only one class ({labels['label'][0]!r})", path=wd.labels_table,
+                            fix="a classifier needs patients of at least two classes")
+    pos = {p: i for i, p in enumerate(pids)}
+    P = len(pids)
+
+    genes: list[str] = []
+    expr = np.zeros((P, 0), dtype=np.float32)
+    has_expr = np.zeros(P, dtype=bool)
+    recipe_settings: dict[str, Any] = {}
+    if expression:
+        table = artifacts.read_parquet(wd.expression_table, schema="expression",
+                                       made_by=f"prep-expr -w {wd.root}")
+        genes = [c for c in table.columns if c != "patient_id"]
+        rows = [pos.get(str(p), -1) for p in table["patient_id"].to_list()]
+        sel = np.array([r >= 0 for r in rows], dtype=bool)
+        idx = np.array([r for r in rows if r >= 0], dtype=np.int64)
+        expr = np.zeros((P, len(genes)), dtype=np.float32)
+        if idx.size:
+            expr[idx] = table.select(genes).to_numpy().astype(np.float32)[sel]
+        has_expr[idx] = True
+        bad = ~np.isfinite(expr[has_expr]).all(axis=1)
+        if bad.any():
+            raise ArtifactError(f"{int(bad.sum())} patients have NaN/inf expression values",
+                                path=wd.expression_table, fix="re-run prep-expr")
+        recipe_settings = artifacts.read_json(wd.require(wd.recipe_settings, made_by="prep-expr"))
+
+    enc_name = resolve_encoder(wd, encoder, required=images)
+    identity: dict[str, Any] = {}
+    slide_ids: list[str] = []
+    per_patient: dict[int, list[tuple[int, int]]] = {}  # patient -> [(slide k, n)]
+    if enc_name is not None:
+        identity = encoder_identity(wd, enc_name)
+        index = artifacts.read_parquet(wd.features_index(enc_name), schema="features",
+                                       made_by=f"embed -w {wd.root}").sort("slide_id")
+        dims = set(index["dim"].to_list())
+        if dims and dims != {identity["dim"]}:
+            raise ArtifactError(f"feature dims {sorted(dims)} differ from the manifest's {identity['dim']}",
+                                path=wd.features_index(enc_name),
+                                fix="features of several encoders are mixed: re-run embed with --overwrite")
+        views = min(index["views"].to_list()) if index.height else 1
+        identity["views"] = int(views)
+        for sid, pid, n in index.select("slide_id", "patient_id", "n_patches").iter_rows():
+            if n and str(pid) in pos:
+                per_patient.setdefault(pos[str(pid)], []).append((len(slide_ids), int(n)))
+                slide_ids.append(str(sid))
+    n_max = max((sum(n for _, n in v) for v in per_patient.values()), default=1)
+    has_img = np.zeros(P, dtype=bool)
+    mask = np.zeros((P, n_max), dtype=bool)
+    patch_slide = np.full((P, n_max), -1, dtype=np.int32)
+    patch_index = np.full((P, n_max), -1, dtype=np.int32)
+    for p, items in per_patient.items():
+        at = 0
+        for k, n in items:
+            patch_slide[p, at:at + n] = k
+            patch_index[p, at:at + n] = np.arange(n)
+            at += n
+        mask[p, :at] = True
+        has_img[p] = True
+
+    features = None
+    if images and enc_name is not None:
+        features = _read_features(wd, enc_name, per_patient, slide_ids, identity, n_max, P, dtype,
+                                  progress)
+    return Cohort(root=wd.root, task=str(tasks[0]), classes=classes, patient_ids=pids,
+                  targets=targets, genes=genes, expression=expr, has_expr=has_expr,
+                  features=features, mask=mask, has_img=has_img, slide_ids=slide_ids,
+                  patch_slide=patch_slide, patch_index=patch_index, encoder=identity,
+                  recipe_settings=recipe_settings)
+
+
+def _class_names(labels: Any, task: str, path: Path) -> list[str]:
+    """Class names in target order: the task's own names, else the labels of each target."""
+    targets = sorted(set(int(t) for t in labels["target"].to_list()))
+    by_target: dict[int, set[str]] = {}
+    for lab, t in labels.select("label", "target").iter_rows():
+        by_target.setdefault(int(t), set()).add(str(lab))
+    from brcatool.tasks import TASKS
+
+    n = max(targets) + 1
+    if task in ("luminal-vs-basalher2", "pam50"):
+        names = list(TASKS[task]().classes)
+        if n <= len(names):
+            return names if task != "pam50" else names[:n]
+    if targets != list(range(len(targets))):
+        raise ArtifactError(f"targets {targets} are not 0..C-1", path=path, fix="re-run prep-expr")
+    return ["/".join(sorted(by_target[t])) for t in targets]
+
+
+def _read_features(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[int, int]]],
+                   slide_ids: list[str], identity: dict[str, Any], n_max: int, P: int, dtype: Any,
+                   progress: bool) -> np.ndarray:
+    from rich.progress import Progress
+
+    V, D = identity["views"], identity["dim"]
+    out = np.zeros((P, V, n_max, D), dtype=dtype)
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("loading features", total=len(slide_ids))
+        for p, items in per_patient.items():
+            at = 0
+            for k, n in items:
+                arr = stores.read_features(wd, encoder, slide_ids[k])
+                if arr.shape[1] != n or arr.shape[2] != D or arr.shape[0] < V:
+                    raise ArtifactError(
+                        f"slide {slide_ids[k]} has features {arr.shape}, the index says "
+                        f"({V}+, {n}, {D})", path=wd.features_zarr(encoder),
+                        fix=f"re-run `brcatool embed -w {wd.root} --overwrite`")
+                out[p, :, at:at + n] = arr[:V]
+                at += n
+                bar.advance(task)
+    return out
+
+
+# --------------------------------------------------------------------------- splits
+@dataclass
+class Splits:
+    """Fold of every patient for every repeat; ``fold[r][i]`` belongs to ``patient_ids[i]``."""
+
+    folds: int
+    repeats: int
+    seed: int
+    task: str
+    patient_ids: list[str]
+    fold: np.ndarray  # (R, P) int
+    cohort_hash: str
+    path: Path | None = None
+
+    def indices(self, repeat: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) patient positions of one fold."""
+        f = self.fold[repeat]
+        return np.flatnonzero(f != k), np.flatnonzero(f == k)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "folds": self.folds, "repeats": self.repeats, "seed": self.seed, "task": self.task,
+            "assignments": [{"patient_id": p, "repeat": r, "fold": int(self.fold[r, i])}
+                            for r in range(self.repeats) for i, p in enumerate(self.patient_ids)],
+            "cohort_hash": self.cohort_hash,
+        }
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def make_splits(cohort: Cohort, *, folds: int, repeats: int = 1, seed: int = 0) -> Splits:
+    """Stratified K-fold over patients (repeated R times with different shuffles), seeded."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    if folds < 2:
+        raise InputError(f"--folds must be at least 2, got {folds}")
+    if repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {repeats}")
+    counts = np.bincount(cohort.targets, minlength=len(cohort.classes))
+    if counts.max() < folds or cohort.n < folds:
+        raise InputError(f"{cohort.n} patients (largest class {counts.max()}) cannot fill {folds} folds",
+                         fix="lower --folds")
+    rskf = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    fold = np.full((repeats, cohort.n), -1, dtype=np.int64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes smaller than K: sklearn spreads them as it can
+        for i, (_, val) in enumerate(rskf.split(np.zeros(cohort.n), cohort.targets)):
+            fold[i // folds, val] = i % folds
+    return Splits(folds=folds, repeats=repeats, seed=seed, task=cohort.task,
+                  patient_ids=list(cohort.patient_ids), fold=fold, cohort_hash=cohort.hash())
+
+
+def save_splits(splits: Splits, path: Path) -> Path:
+    artifacts.write_json(path, splits.to_json())
+    splits.path = Path(path)
+    return Path(path)
+
+
+def load_splits(path: Path) -> Splits:
+    data = artifacts.read_json(path)
+    try:
+        folds, repeats = int(data["folds"]), int(data["repeats"])
+        rows = data["assignments"]
+        pids = sorted({str(a["patient_id"]) for a in rows})
+        pos = {p: i for i, p in enumerate(pids)}
+        fold = np.full((repeats, len(pids)), -1, dtype=np.int64)
+        for a in rows:
+            fold[int(a["repeat"]), pos[str(a["patient_id"])]] = int(a["fold"])
+        splits = Splits(folds=folds, repeats=repeats, seed=int(data["seed"]), task=str(data["task"]),
+                        patient_ids=pids, fold=fold, cohort_hash=str(data["cohort_hash"]),
+                        path=Path(path))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ArtifactError(f"is not a brcatool split ({exc!r})", path=path,
+                            fix="delete it; the next `brcatool train` makes a new one") from None
+    if (fold < 0).any() or (fold >= folds).any():
+        raise ArtifactError("has missing or out-of-range fold numbers", path=path,
+                            fix="delete it; the next `brcatool train` makes a new one")
+    return splits
+
+
+def check_splits(splits: Splits, cohort: Cohort, *, folds: int | None = None,
+                 repeats: int | None = None) -> None:
+    """Refuse a split made for another cohort (patients or labels changed) or other fold counts."""
+    where = splits.path
+    fix = ("delete splits.json to make a new split (runs made with the old one stop being "
+           "comparable with new ones)")
+    if splits.task != cohort.task or splits.cohort_hash != cohort.hash() \
+            or splits.patient_ids != cohort.patient_ids:
+        gone = len(set(splits.patient_ids) - set(cohort.patient_ids))
+        new = len(set(cohort.patient_ids) - set(splits.patient_ids))
+        raise ArtifactError(
+            f"is stale: made for task {splits.task!r} with {len(splits.patient_ids)} patients; the "
+            f"cohort now has task {cohort.task!r}, {cohort.n} patients ({new} new, {gone} gone) "
+            "or changed labels", path=where, fix=fix)
+    if (folds is not None and folds != splits.folds) or (repeats is not None and repeats != splits.repeats):
+        raise ArtifactError(
+            f"has {splits.folds} folds x {splits.repeats} repeats, asked for {folds} x {repeats}",
+            path=where, fix=f"pass --folds {splits.folds} --repeats {splits.repeats} to reuse it, or {fix}")
+
+
+def get_splits(workdir: Path | Workdir, cohort: Cohort, *, folds: int, repeats: int = 1,
+               seed: int = 0) -> tuple[Splits, bool]:
+    """The saved split, checked against the cohort, or a new one saved now. Returns (splits, created)."""
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    if wd.splits.exists():
+        splits = load_splits(wd.splits)
+        check_splits(splits, cohort, folds=folds, repeats=repeats)
+        return splits, False
+    splits = make_splits(cohort, folds=folds, repeats=repeats, seed=seed)
+    save_splits(splits, wd.splits)
+    return splits, True

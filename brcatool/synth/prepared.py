@@ -1,0 +1,152 @@
+"""A workdir as if tile, embed and prep-expr had run: the fast path for training tests and benchmarks.
+
+Signal is planted with known strength: class-specific shifts on a quarter of the genes
+(``gene_signal`` noise-sd per gene) and a class prototype added to half of each patient's patch
+features (``image_signal`` x a vector of norm 3). Signal 0 makes labels independent of features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brcatool import artifacts, stores
+from brcatool.artifacts import Manifest, Workdir
+from brcatool.errors import InputError
+from brcatool.synth.counts import gene_names
+from brcatool.synth.names import SUBTYPES, assign_subtypes, patient_barcodes, slide_name
+
+BINARY = ("Luminal", "Basal/Her2")
+DEFAULT_RECIPE = {"top_genes": None, "iqr_k": 1.5, "iqr_mode": "clip", "drop_frac": 0.1, "zscore": True}
+
+
+@dataclass
+class PreparedWorkdir:
+    """What was written (ids in sorted order, as ``load_cohort`` sees them)."""
+
+    workdir: Workdir
+    patient_ids: list[str]
+    classes: list[str]
+    targets: dict[str, int]
+    encoder: str
+    genes: list[str]
+    n_slides: int
+    missing_expression: list[str]
+    missing_slides: list[str]
+
+
+def _labels(task: str, classes: Sequence[str] | None, n: int,
+            rng: np.random.Generator) -> tuple[list[str], list[str], np.ndarray]:
+    """(class names, per-patient label, per-patient target)."""
+    if classes:
+        names = list(classes)
+        target = np.arange(n) % len(names)
+        rng.shuffle(target)
+        return names, [names[t] for t in target], target.astype(np.int64)
+    subtypes = assign_subtypes(n, rng)
+    if task == "pam50":
+        names = list(SUBTYPES)
+        target = np.array([names.index(s) for s in subtypes], dtype=np.int64)
+        return names, subtypes, target
+    if task == "luminal-vs-basalher2":
+        target = np.array([0 if s in ("LumA", "LumB", "Normal") else 1 for s in subtypes], dtype=np.int64)
+        return list(BINARY), [BINARY[t] for t in target], target
+    raise InputError(f"unknown synthetic task {task!r}",
+                     fix="use luminal-vs-basalher2 or pam50, or pass classes=[...]")
+
+
+def make_prepared_workdir(
+    workdir: str | Path | Workdir, *, patients: int = 60, patches: int = 8, dim: int = 32,
+    genes: int = 40, views: int = 2, gene_signal: float = 1.0, image_signal: float = 1.0,
+    task: str = "luminal-vs-basalher2", classes: Sequence[str] | None = None,
+    missing_expression: int = 0, missing_slides: int = 0, slides_per_patient: int = 1,
+    ragged: bool = False, seed: int = 0, encoder: str = "synthetic",
+    weights: str = "synthetic-v1", recipe: dict | None = None,
+) -> PreparedWorkdir:
+    """Write features (store, index, manifest), expression, labels, recipe, cohort, slides, patches.
+
+    ``ragged=True`` gives each slide between ``patches // 2`` and ``patches`` patches (exercises
+    masks). ``missing_expression``/``missing_slides`` patients (disjoint) lack that modality.
+    ``weights`` is the encoder-weights identity in the features manifest: cohorts made with
+    other seeds but the same weights count as embedded by the same encoder.
+    """
+    import polars as pl
+
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    if patients < 2 or patches < 1 or dim < 1 or genes < 1 or views < 1:
+        raise InputError("make_prepared_workdir needs patients >= 2 and positive sizes")
+    if missing_expression + missing_slides >= patients:
+        raise InputError("too many patients without a modality")
+    rng = np.random.default_rng(seed)
+    pids = sorted(patient_barcodes(patients, rng))
+    names, label, target = _labels(task, classes, patients, rng)
+    C = len(names)
+    order = rng.permutation(patients)
+    no_expr = sorted(pids[i] for i in order[:missing_expression])
+    no_slides = sorted(pids[i] for i in order[missing_expression:missing_expression + missing_slides])
+
+    # expression: log2-like levels, class shifts on a quarter of the genes
+    gnames = gene_names(genes) if genes >= 50 else [f"GENE{i:04d}" for i in range(1, genes + 1)]
+    base = rng.uniform(3.0, 9.0, size=genes)
+    informative = rng.choice(genes, size=max(2, genes // 4), replace=False)
+    shift = np.zeros((C, genes))
+    shift[:, informative] = rng.choice([-1.0, 1.0], size=(C, len(informative)))
+    if C == 2:
+        shift[0] = 0.0
+    expr = base + rng.standard_normal((patients, genes)) + gene_signal * shift[target]
+    expr = np.clip(expr, 0.0, None).astype(np.float32)
+    keep = np.array([p not in set(no_expr) for p in pids])
+    table = pl.DataFrame({"patient_id": [p for p, k in zip(pids, keep, strict=True) if k]})
+    table = table.with_columns([pl.Series(g, expr[keep, j]) for j, g in enumerate(gnames)])
+    artifacts.write_parquet(table, wd.expression_table, schema="expression")
+    artifacts.write_parquet(pl.DataFrame({"patient_id": pids, "label": label, "target": target,
+                                          "task": [task] * patients}), wd.labels_table, schema="labels")
+    artifacts.write_json(wd.recipe_settings, dict(recipe or DEFAULT_RECIPE))
+
+    # features: noise, plus the class prototype on half the patches; views = small perturbations
+    protos = rng.standard_normal((C, dim))
+    protos *= 3.0 / np.linalg.norm(protos, axis=1, keepdims=True)
+    index_rows, slide_rows, patch_rows = [], [], []
+    for i, pid in enumerate(pids):
+        if pid in no_slides:
+            continue
+        for s in range(slides_per_patient):
+            sid = slide_name(pid, s, rng)
+            n = int(rng.integers(max(1, patches // 2), patches + 1)) if ragged else patches
+            clean = rng.standard_normal((n, dim))
+            signal_rows = rng.random(n) < 0.5
+            clean[signal_rows] += image_signal * protos[target[i]]
+            feats = clean[None] + 0.1 * rng.standard_normal((views, n, dim))
+            feats[0] = clean
+            stores.write_features(wd, encoder, sid, feats.astype(np.float16))
+            index_rows.append({"slide_id": sid, "patient_id": pid, "n_patches": n, "views": views,
+                               "dim": dim})
+            slide_rows.append({"slide_id": sid, "patient_id": pid, "path": f"slides/{sid}.tiff",
+                               "status": "ok", "error": None, "width": 4096, "height": 4096,
+                               "mpp": 0.5, "n_candidates": n, "n_patches": n, "seconds": 0.0})
+            patch_rows += [{"slide_id": sid, "patient_id": pid, "patch_index": k, "x": (k % 16) * 256,
+                            "y": (k // 16) * 256, "level": 0, "mpp": 0.5, "size": 224,
+                            "tissue_fraction": 1.0} for k in range(n)]
+    i64 = {"n_patches": pl.Int64, "views": pl.Int64, "dim": pl.Int64}
+    artifacts.write_parquet(pl.DataFrame(index_rows, schema_overrides=i64), wd.features_index(encoder),
+                            schema="features")
+    Manifest("embed", {"encoder": encoder, "weights": weights, "dim": dim, "views": views,
+                       "input_size": 224}).write(wd.features_dir(encoder) / "manifest.json",
+                                                 counts={"slides": len(index_rows)})
+    artifacts.write_parquet(pl.DataFrame(slide_rows, schema_overrides={"error": pl.Utf8, **i64}),
+                            wd.slides_table, schema="slides")
+    artifacts.write_parquet(pl.DataFrame(patch_rows, schema_overrides={
+        "patch_index": pl.Int64, "x": pl.Int64, "y": pl.Int64, "level": pl.Int64, "size": pl.Int64,
+        "mpp": pl.Float64, "tissue_fraction": pl.Float64}), wd.patches_table, schema="patches")
+    has_e = [p not in no_expr for p in pids]
+    has_s = [p not in no_slides for p in pids]
+    artifacts.write_parquet(pl.DataFrame({
+        "patient_id": pids, "has_expression": has_e, "has_slides": has_s, "has_label": [True] * patients,
+        "included": [a or b for a, b in zip(has_e, has_s, strict=True)]}), wd.cohort_table, schema="cohort")
+    return PreparedWorkdir(workdir=wd, patient_ids=pids, classes=names,
+                           targets={p: int(t) for p, t in zip(pids, target, strict=True)},
+                           encoder=encoder, genes=gnames, n_slides=len(index_rows),
+                           missing_expression=no_expr, missing_slides=no_slides)

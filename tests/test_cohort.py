@@ -1,0 +1,105 @@
+"""Joining artifacts by patient, and the saved stratified split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from brcatool import artifacts, stores
+from brcatool.artifacts import Workdir
+from brcatool.cohort import get_splits, load_cohort, load_splits, make_splits
+from brcatool.errors import ArtifactError, InputError
+from brcatool.synth import make_prepared_workdir
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("cohort")
+    return make_prepared_workdir(root, patients=30, patches=6, dim=8, genes=10, slides_per_patient=2,
+                                 ragged=True, missing_expression=2, missing_slides=3, seed=4)
+
+
+def test_load_joins_by_patient(prepared) -> None:
+    c = load_cohort(prepared.workdir)
+    assert c.patient_ids == sorted(prepared.patient_ids)
+    assert [c.classes[t] for t in c.targets] == [prepared.classes[prepared.targets[p]] for p in c.patient_ids]
+    no_expr = {c.patient_ids[i] for i in np.flatnonzero(~c.has_expr)}
+    no_img = {c.patient_ids[i] for i in np.flatnonzero(~c.has_img)}
+    assert no_expr == set(prepared.missing_expression) and no_img == set(prepared.missing_slides)
+    assert not c.expression[~c.has_expr].any()
+    index = artifacts.read_parquet(prepared.workdir.features_index("synthetic"), schema="features")
+    per_patient = dict(index.group_by("patient_id").agg(pl.col("n_patches").sum()).iter_rows())
+    for i, p in enumerate(c.patient_ids):
+        assert int(c.mask[i].sum()) == per_patient.get(p, 0)
+    assert c.features.dtype == np.float16 and c.features.shape[1] == 2
+    # the positions map back to the stored arrays: (slide, patch) -> same vector
+    i = int(np.flatnonzero(c.has_img)[0])
+    n = int(c.mask[i].sum()) - 1
+    slide = c.slide_ids[c.patch_slide[i, n]]
+    stored = stores.read_features(prepared.workdir, "synthetic", slide)
+    assert np.array_equal(c.features[i, :, n], stored[:, c.patch_index[i, n]])
+    assert c.encoder["weights"] == "synthetic-v1" and c.encoder["dim"] == 8
+
+
+def test_split_is_stratified_and_complete(prepared) -> None:
+    c = load_cohort(prepared.workdir, images=False)
+    s = make_splits(c, folds=3, repeats=2, seed=1)
+    assert s.fold.shape == (2, c.n)
+    for r in range(2):
+        for k in range(3):
+            _, va = s.indices(r, k)
+            for cls in range(len(c.classes)):
+                expected = (c.targets == cls).sum() / 3
+                assert abs((c.targets[va] == cls).sum() - expected) <= 1
+    assert not np.array_equal(s.fold[0], s.fold[1])
+    assert np.array_equal(make_splits(c, folds=3, repeats=2, seed=1).fold, s.fold)
+
+
+def test_split_is_saved_reused_and_stale_refused(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=20, patches=2, dim=4, genes=6, seed=2).workdir
+    c = load_cohort(wd, images=False)
+    s1, created = get_splits(wd, c, folds=4, seed=3)
+    assert created and wd.splits.exists()
+    s2, created = get_splits(wd, c, folds=4, seed=99)  # a later run reuses, whatever its seed
+    assert not created and np.array_equal(s1.fold, s2.fold)
+    assert load_splits(wd.splits).sha256() == s1.sha256()
+    with pytest.raises(ArtifactError, match="--folds 4"):
+        get_splits(wd, c, folds=5)
+    labels = artifacts.read_parquet(wd.labels_table, schema="labels")
+    flipped = labels.with_columns(target=pl.when(pl.int_range(pl.len()) == 0).then(1 - pl.col("target"))
+                                  .otherwise(pl.col("target")))
+    flipped = flipped.with_columns(label=pl.when(pl.col("target") == 1).then(pl.lit("Basal/Her2"))
+                                   .otherwise(pl.lit("Luminal")))
+    artifacts.write_parquet(flipped, wd.labels_table, schema="labels")
+    with pytest.raises(ArtifactError, match="stale"):
+        get_splits(wd, load_cohort(wd, images=False), folds=4)
+    artifacts.write_parquet(labels.slice(1), wd.labels_table, schema="labels")
+    with pytest.raises(ArtifactError, match="stale"):
+        get_splits(wd, load_cohort(wd, images=False), folds=4)
+
+
+def test_encoders_are_never_mixed(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=6, patches=2, dim=4, genes=4, seed=1).workdir
+    make_prepared_workdir(tmp_path / "other", patients=6, patches=2, dim=5, genes=4, seed=1, encoder="enc2")
+    import shutil
+
+    shutil.copytree(tmp_path / "other" / "features" / "enc2", wd.features_dir("enc2"))
+    with pytest.raises(InputError, match="--encoder"):
+        load_cohort(wd)
+    assert load_cohort(wd, encoder="enc2").feat_dim == 5
+    with pytest.raises(ArtifactError, match="no features for encoder"):
+        load_cohort(wd, encoder="uni")
+    # an index whose dims disagree with the manifest = features of several encoders
+    man = artifacts.read_json(wd.features_dir("enc2") / "manifest.json")
+    man["params"]["dim"] = 4
+    artifacts.write_json(wd.features_dir("enc2") / "manifest.json", man)
+    with pytest.raises(ArtifactError, match="mixed"):
+        load_cohort(wd, encoder="enc2")
+
+
+def test_missing_artifacts_name_the_stage(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="prep-expr"):
+        load_cohort(Workdir(tmp_path))
