@@ -21,7 +21,7 @@ PROPORTIONS: tuple[float, ...] = (0.45, 0.20, 0.09, 0.18, 0.08)
 
 #: Tissue source site codes of real TCGA-BRCA contributors (only the look matters).
 _SITES = ("A1", "A2", "A7", "A8", "AC", "AN", "AO", "AQ", "AR", "B6", "BH", "C8", "D8",
-          "E2", "E9", "EW", "GM", "LL", "OL", "S3", "W8", "XX")
+          "E2", "E9", "EW", "GM", "LL", "OL", "S3", "W8")
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
