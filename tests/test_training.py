@@ -1,0 +1,153 @@
+"""Training under cross-validation: honest (per-fold recipe), able to learn, deterministic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brcatool import artifacts
+from brcatool.cli.app import app
+from brcatool.cohort import load_cohort, load_splits
+from brcatool.errors import ArtifactError, InputError
+from brcatool.expression import Recipe
+from brcatool.synth import make_prepared_workdir
+from brcatool.training import TrainConfig, load_fold_model, predict, run_train
+
+FAST = dict(folds=3, epochs=25, lr=3e-3, hidden=16, heads=2, gene_tokens=2, batch_size=16, patience=6)
+
+
+@pytest.fixture(scope="module")
+def signal(tmp_path_factory: pytest.TempPathFactory):
+    return make_prepared_workdir(tmp_path_factory.mktemp("signal"), patients=80, patches=6, dim=16,
+                                 genes=24, gene_signal=1.5, image_signal=1.5, ragged=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(signal):
+    return run_train(signal.workdir, TrainConfig(fusion="late", aggregator="abmil", name="late", **FAST),
+                     progress=False)
+
+
+def test_planted_signal_is_learned(trained) -> None:
+    assert trained.metrics["roc_auc"] > 0.85
+    assert trained.n_patients == 80 and len(trained.per_fold) == 3
+
+
+def test_random_labels_give_chance(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=80, patches=6, dim=16, genes=24, gene_signal=0.0,
+                               image_signal=0.0, ragged=True, seed=2).workdir
+    res = run_train(wd, TrainConfig(fusion="concat", aggregator="mean", **FAST), progress=False)
+    assert 0.3 < res.metrics["roc_auc"] < 0.7
+
+
+def test_run_outputs_follow_the_contract(signal, trained) -> None:
+    run = trained.run_dir
+    for name in ("config.yaml", "manifest.json", "splits_ref.json", "epochs.csv", "metrics.json",
+                 "fold_0/model.pt", "fold_2/model.pt"):
+        assert (run / name).exists(), name
+    oof = artifacts.read_parquet(run / "oof.parquet", schema="oof")
+    assert oof.columns == ["patient_id", "repeat", "fold", "target", "prob", "pred"]
+    assert sorted(oof["patient_id"].to_list()) == signal.patient_ids  # each patient exactly once
+    splits = load_splits(signal.workdir.splits)
+    fold_of = dict(zip(splits.patient_ids, splits.fold[0], strict=True))
+    assert all(fold_of[p] == k for p, k in oof.select("patient_id", "fold").iter_rows())
+    ref = artifacts.read_json(run / "splits_ref.json")
+    assert ref["sha256"] == splits.sha256()
+    epochs = pl.read_csv(run / "epochs.csv")
+    assert {"fold", "epoch", "train_loss", "val_loss", "val_metric"} <= set(epochs.columns)
+    mets = artifacts.read_json(run / "metrics.json")
+    assert len(mets["per_fold"]) == 3 and set(mets["pooled"]) == {"f1", "pr_auc", "roc_auc", "accuracy"}
+
+
+def test_recipe_is_fitted_on_the_training_fold_only(signal, trained) -> None:
+    cohort = load_cohort(signal.workdir, images=False)
+    splits = load_splits(signal.workdir.splits)
+    fm = load_fold_model(trained.run_dir / "fold_1" / "model.pt")
+    train_idx, _ = splits.indices(0, 1)
+    own = Recipe.from_settings(cohort.recipe_settings).fit(cohort.expression[train_idx], cohort.genes)
+    everyone = Recipe.from_settings(cohort.recipe_settings).fit(cohort.expression, cohort.genes)
+    assert np.allclose(fm.recipe.mean, own.mean) and np.allclose(fm.recipe.std, own.std)
+    assert not np.allclose(fm.recipe.mean, everyone.mean)
+    assert fm.recipe.n_fit == len(train_idx)
+
+
+def test_saved_folds_predict_alone_and_export_attention(signal, trained, tmp_path: Path) -> None:
+    pred = predict(trained.run_dir, mode="oof")
+    oof = artifacts.read_parquet(trained.run_dir / "oof.parquet", schema="oof").sort("patient_id")
+    assert np.allclose(pred.table.sort("patient_id")["prob"].to_numpy(), oof["prob"].to_numpy(), atol=1e-5)
+    sums = pred.attention.group_by("patient_id").agg(pl.col("weight").sum())["weight"].to_numpy()
+    assert len(sums) == 80 and np.allclose(sums, 1.0, atol=1e-4)
+    other = make_prepared_workdir(tmp_path / "ext", patients=30, patches=6, dim=16, genes=24,
+                                  gene_signal=1.5, image_signal=1.5, seed=1)
+    ext = predict(trained.run_dir, other.workdir)
+    assert ext.table.height == 30 and (ext.table["n_models"] == 3).all()
+    alien = make_prepared_workdir(tmp_path / "alien", patients=10, patches=6, dim=16, genes=24, seed=1,
+                                  weights="uni:abc")
+    with pytest.raises(ArtifactError, match="trained on"):
+        predict(trained.run_dir, alien.workdir)
+
+
+def test_same_seed_same_oof_and_runs_are_not_clobbered(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=24, patches=4, dim=8, genes=10, seed=3,
+                               ragged=True).workdir
+    cfg = dict(fusion="xattn", folds=3, epochs=3, hidden=8, heads=2, patch_dropout=0.25, seed=5)
+    a = run_train(wd, TrainConfig(name="a", **cfg), progress=False)
+    b = run_train(wd, TrainConfig(name="b", **cfg), progress=False)
+    oa = pl.read_parquet(a.run_dir / "oof.parquet")
+    assert oa.equals(pl.read_parquet(b.run_dir / "oof.parquet"))
+    assert run_train(wd, TrainConfig(name="a", **cfg), progress=False).skipped
+    with pytest.raises(ArtifactError, match="other parameters"):
+        run_train(wd, TrainConfig(name="a", **{**cfg, "epochs": 4}), progress=False)
+    c = run_train(wd, TrainConfig(name="a", overwrite=True, **{**cfg, "seed": 6}), progress=False)
+    assert not pl.read_parquet(c.run_dir / "oof.parquet").equals(oa)
+
+
+def test_multiclass_repeats_and_tuned_threshold(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=30, patches=3, dim=8, genes=10, task="pam50",
+                               seed=4).workdir
+    res = run_train(wd, TrainConfig(fusion="concat", folds=2, repeats=2, epochs=2, hidden=8), progress=False)
+    oof = artifacts.read_parquet(res.run_dir / "oof.parquet", schema="oof")
+    probs = oof.select([c for c in oof.columns if c.startswith("prob_")]).to_numpy()
+    assert probs.shape == (60, 5) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert (res.run_dir / "repeat_1_fold_1" / "model.pt").exists()
+    wd2 = make_prepared_workdir(tmp_path / "b", patients=24, patches=3, dim=8, genes=10, seed=4).workdir
+    res2 = run_train(wd2, TrainConfig(fusion="gene", folds=2, epochs=2, hidden=8, threshold="tuned"),
+                     progress=False)
+    assert all(0 < f["threshold"] < 1 for f in res2.per_fold)
+
+
+def test_missing_modalities_drop_or_mask(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=24, patches=3, dim=8, genes=10, seed=5,
+                               missing_expression=3, missing_slides=3).workdir
+    base = dict(fusion="concat", folds=2, epochs=2, hidden=8)
+    dropped = run_train(wd, TrainConfig(name="drop", **base), progress=False)
+    masked = run_train(wd, TrainConfig(name="mask", missing="mask", modality_dropout=0.2, **base),
+                       progress=False)
+    assert dropped.n_patients == 18 and masked.n_patients == 24
+    gene = run_train(wd, TrainConfig(name="gene", **{**base, "fusion": "gene"}), progress=False)
+    assert gene.n_patients == 21
+
+
+def test_bad_options_are_one_line_errors(signal) -> None:
+    with pytest.raises(InputError, match="tuned"):
+        run_train(signal.workdir, TrainConfig(threshold="high"), progress=False)
+    with pytest.raises(InputError, match="drop or mask"):
+        run_train(signal.workdir, TrainConfig(missing="impute"), progress=False)
+
+
+def test_cli_trains_and_reports(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=16, patches=3, dim=8, genes=8, seed=6).workdir
+    runner = CliRunner()
+    args = ["train", "-w", str(wd.root), "--fusion", "image", "--aggregator", "mean", "--folds", "2",
+            "--epochs", "2", "--hidden", "8", "--name", "cli"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "roc_auc" in res.output and (wd.run_dir("cli") / "fold_1" / "model.pt").exists()
+    res = runner.invoke(app, [*args[:-2], "--name", "cli2", "--fusion", "fancy"])
+    assert res.exit_code == 1 and "unknown fusion 'fancy'" in res.output
+    assert torch.get_num_threads() >= 1
