@@ -21,3 +21,12 @@ def slide_fixture(tmp_path: Path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory):
+    """A 6-patient synthetic cohort (slides 1536x1152 px at most, 2000 genes), made once."""
+    from brcatool.synth import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("small_cohort"), patients=6, seed=0,
+                       slide_size=(1536, 1152), progress=False)
