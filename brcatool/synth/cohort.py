@@ -138,6 +138,8 @@ def make_cohort(
     _check(miss_e >= 0 and miss_s >= 0 and miss_e + miss_s < patients,
            f"{miss_e} + {miss_s} patients missing a modality leave none with both",
            "lower missing_expression/missing_slides or add patients")
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", path=out, fix="choose a folder path")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise InputError("output folder is not empty", path=out,
