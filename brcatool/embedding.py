@@ -314,7 +314,7 @@ class PatchBatches:
     """Map-style dataset whose items are whole batches of consecutive patches (across slides).
 
     Reading contiguous slices of the sharded Zarr arrays is far cheaper than one read per
-    patch; batches span slide ends so they stay full. Picklable for spawned workers.
+    patch; batches span slide ends so they stay full. Picklable for worker processes.
     """
 
     def __init__(self, root: Path, segments: list[tuple[str, int]], batch_size: int, *,
@@ -420,7 +420,7 @@ class EmbedConfig:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None  # None: 256 on CUDA, 32 on CPU
-    num_workers: int | None = None  # None: min(4, CPUs)
+    num_workers: int | None = None  # None: min(8, CPUs) on CUDA, 1 on CPU (cores go to the CNN)
     overwrite: bool = False
 
 
@@ -438,7 +438,8 @@ class EmbedResult:
     patches: int
     seconds: float
     loop_seconds: float
-    patches_per_s: float
+    patches_per_s: float  # model build excluded, worker start-up and first batch included
+    steady_patches_per_s: float  # after the first batch arrived
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -485,6 +486,37 @@ def _stain(cfg: EmbedConfig, wd: Workdir, segments: list[tuple[str, int]]) -> Ma
     best = table.sort(["tissue_fraction", "slide_id", "patch_index"],
                       descending=[True, False, False]).row(0, named=True)
     return Macenko.fit(np.asarray(stores.read_patches(wd, best["slide_id"])[best["patch_index"]]))
+
+
+class _SlideSink:
+    """Collects batches (which may straddle slides) and writes each slide as soon as it is full."""
+
+    def __init__(self, wd: Workdir, encoder: str, segments: list[tuple[str, int]], views: int,
+                 dim: int, attrs: dict[str, Any]):
+        self.wd, self.encoder, self.attrs = wd, encoder, attrs
+        self.todo = iter(segments)
+        self.views, self.dim = views, dim
+        self.slide, self.n, self.filled, self.buf = "", 0, 0, np.empty(0)
+
+    def add(self, feats: torch.Tensor, ready: Any = None) -> int:
+        if ready is not None:
+            ready.synchronize()
+        out = feats.numpy()
+        pos = 0
+        while pos < out.shape[1]:
+            if self.filled == self.n:
+                self.slide, self.n = next(self.todo)
+                self.filled, self.buf = 0, np.empty((self.views, self.n, self.dim), np.float16)
+            take = min(self.n - self.filled, out.shape[1] - pos)
+            self.buf[:, self.filled:self.filled + take] = out[:, pos:pos + take]
+            self.filled, pos = self.filled + take, pos + take
+            if self.filled == self.n:
+                if not np.isfinite(self.buf).all():
+                    raise ArtifactError(f"non-finite features for slide {self.slide}",
+                                        path=self.wd.features_dir(self.encoder),
+                                        fix="try --precision fp32")
+                stores.write_features(self.wd, self.encoder, self.slide, self.buf, attrs=self.attrs)
+        return out.shape[1]
 
 
 def _params_hash(params: dict[str, Any]) -> str:
@@ -568,23 +600,24 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
     todo = [(s, n) for s, n in segments if s not in done]
 
     bs = cfg.batch_size or (256 if device == "cuda" else 32)
-    workers = min(4, os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
-    loop_start = time.perf_counter()
+    workers = cfg.num_workers if cfg.num_workers is not None else (
+        min(8, os.cpu_count() or 1) if device == "cuda" else 1)
     total = sum(n for _, n in todo)
+    loop_start = first_at = time.perf_counter()
+    first_n = 0
     if todo:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         model = build_encoder(spec, weights, seed=cfg.seed).to(device, memory_format=torch.channels_last)
+        loop_start = time.perf_counter()
         data = PatchBatches(wd.root, todo, bs, views=cfg.views, seed=cfg.seed, stain=stain)
         loader = torch.utils.data.DataLoader(
             data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device == "cuda",
-            worker_init_fn=_worker_init if workers else None,
-            multiprocessing_context="spawn" if workers else None, prefetch_factor=4 if workers else None)
+            worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None)
         mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        buffers: dict[str, np.ndarray] = {}
-        filled = {s: 0 for s, _ in todo}
-        seg_iter = iter(todo)
-        pending: list[tuple[str, int]] = []
+        sink = _SlideSink(wd, spec.name, todo, cfg.views, spec.dim, {"params_hash": phash})
+        prev = None
         with _progress(progress) as bar, torch.inference_mode(), \
                 torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
             task = bar.add_task(f"{spec.name} ({device}, {precision})", total=total)
@@ -600,26 +633,21 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                                            antialias=True, align_corners=False)
                     xv = ((xv - mean) / std).contiguous(memory_format=torch.channels_last)
                     feats.append(model(xv).float())
-                out = torch.stack(feats).cpu().numpy()
-                pos = 0
-                while pos < out.shape[1]:
-                    if not pending or filled[pending[0][0]] == pending[0][1]:
-                        pending = [next(seg_iter)]
-                        buffers[pending[0][0]] = np.empty((cfg.views, pending[0][1], spec.dim),
-                                                          np.float16)
-                    slide_id, n = pending[0]
-                    take = min(n - filled[slide_id], out.shape[1] - pos)
-                    buffers[slide_id][:, filled[slide_id]:filled[slide_id] + take] = out[:, pos:pos + take]
-                    filled[slide_id] += take
-                    pos += take
-                    if filled[slide_id] == n:
-                        if not np.isfinite(buffers[slide_id]).all():
-                            raise ArtifactError(f"non-finite features for slide {slide_id}",
-                                                path=fdir, fix="try --precision fp32")
-                        stores.write_features(wd, spec.name, slide_id, buffers.pop(slide_id),
-                                              attrs={"params_hash": phash})
-                bar.advance(task, out.shape[1])
-    loop_seconds = time.perf_counter() - loop_start
+                # copy back without waiting; the previous batch is stored while this one computes
+                host = torch.stack(feats).to(torch.float16).to("cpu", non_blocking=True)
+                done_evt = torch.cuda.Event() if device == "cuda" else None
+                if done_evt is not None:
+                    done_evt.record()
+                if prev is not None:
+                    bar.advance(task, sink.add(*prev))
+                if not first_n:
+                    first_n, first_at = host.shape[1], time.perf_counter()
+                prev = (host, done_evt)
+            if prev is not None:
+                bar.advance(task, sink.add(*prev))
+    loop_end = time.perf_counter()
+    loop_seconds = loop_end - loop_start
+    steady = (total - first_n) / (loop_end - first_at) if total > first_n and loop_end > first_at else 0.0
 
     import polars as pl
 
@@ -640,9 +668,10 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                    weights_detail={"source": weights.source, "file": weights.file,
                                    "sha256": weights.sha256},
                    runtime={"device": device, "batch_size": bs, "num_workers": workers,
-                            "seconds": round(seconds, 3), "patches_per_s": round(rate, 2)})
+                            "seconds": round(seconds, 3), "patches_per_s": round(rate, 2),
+                            "steady_patches_per_s": round(steady, 2)})
     return EmbedResult(fdir, spec.name, weights.identity, spec.dim, cfg.views, device, precision,
-                       len(todo), len(done), total, seconds, loop_seconds, rate, params)
+                       len(todo), len(done), total, seconds, loop_seconds, rate, steady, params)
 
 
 # --------------------------------------------------------------------------- for downstream stages

@@ -39,7 +39,8 @@ def patch_wd(tmp_path: Path) -> Workdir:
 
 
 def _cfg(**kw) -> EmbedConfig:
-    base = dict(encoder="resnet18", weights="random", batch_size=5, num_workers=0, precision="fp32")
+    base = dict(encoder="resnet18", weights="random", batch_size=5, num_workers=0, precision="fp32",
+                device="cpu")
     return EmbedConfig(**{**base, **kw})
 
 
@@ -224,7 +225,7 @@ def test_feature_manifest_refuses_unfinished_or_missing(patch_wd):
 def test_cli_embed_random_weights_warns_and_reports(patch_wd):
     runner = CliRunner()
     args = ["embed", "-w", str(patch_wd.root), "--encoder", "resnet18", "--weights", "random",
-            "--num-workers", "0", "--batch-size", "6", "--precision", "fp32"]
+            "--num-workers", "0", "--batch-size", "6", "--precision", "fp32", "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "RANDOM weights" in result.output and "patches/s" in result.output

@@ -48,7 +48,8 @@ def embed(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, help="Patches per forward pass (default 256 on CUDA, 32 on CPU).")] = None,
     num_workers: Annotated[int | None, typer.Option(
-        "--num-workers", min=0, help="DataLoader reader processes (default min(4, CPUs)).")] = None,
+        "--num-workers", min=0,
+        help="DataLoader reader processes (default: min(8, CPUs) on CUDA, 1 on CPU).")] = None,
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,

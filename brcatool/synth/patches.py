@@ -36,11 +36,12 @@ def he_patches(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_patch_workdir(workdir: str | Path | Workdir, *, slides: int = 3, patches: int | list[int] = 4,
-                       size: int = 64, seed: int = 0) -> Workdir:
+                       size: int = 64, seed: int = 0, unique: int | None = None) -> Workdir:
     """Write slides.parquet, patches.parquet and patches.zarr for ``slides`` fake slides.
 
     ``patches`` is the count per slide (an int, or one int per slide). Slide and patient ids
-    look like TCGA's; patches are deterministic in ``seed``.
+    look like TCGA's; patches are deterministic in ``seed``. ``unique`` draws only that many
+    patches and cycles them (big benchmark stores in seconds, same bytes per patch).
     """
     import polars as pl
 
@@ -51,10 +52,14 @@ def make_patch_workdir(workdir: str | Path | Workdir, *, slides: int = 3, patche
     rng = np.random.default_rng(seed)
     counts = [patches] * slides if isinstance(patches, int) else list(patches)
     slide_rows, patch_rows = [], []
+    pool: np.ndarray | None = None
     for s, n in enumerate(counts):
         patient = f"TCGA-XX-{s:04d}"
         slide_id = f"{patient}-01Z-00-DX1.{seed:08X}-0000-4000-8000-{s:012X}"
-        if n:
+        if n and unique:
+            pool = he_patches(unique, size, rng) if pool is None else pool
+            write_patches(wd, slide_id, pool[(np.arange(n) + s * 7) % unique])
+        elif n:
             write_patches(wd, slide_id, he_patches(n, size, rng))
         slide_rows.append({
             "slide_id": slide_id, "patient_id": patient, "path": f"slides/{slide_id}.tiff",
