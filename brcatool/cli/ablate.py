@@ -1,17 +1,114 @@
-"""`brcatool ablate`."""
+"""`brcatool ablate`: every fusion on the same split, evaluated, in one table."""
 
 from __future__ import annotations
 
-from brcatool.cli.common import ConfigOpt, QuietOpt, SeedOpt, WorkdirOpt, default_workdir, report_errors
-from brcatool.errors import NotBuiltError
+import math
+from typing import Annotated, Any
+
+import typer
+
+from brcatool.cli.common import (
+    ConfigOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    WorkdirOpt,
+    console,
+    default_workdir,
+    report_errors,
+)
+
+_TRAIN = "Training (every model)"
+
+
+def _names(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
 
 
 @report_errors
 def ablate(
+    fusions: Annotated[str, typer.Option(
+        "--fusions", help="Comma-separated fusions to compare.")] = "gene,image,concat,late,xattn",
+    aggregators: Annotated[str, typer.Option(
+        "--aggregators", help="Comma-separated patch aggregators (each image model once per aggregator).")
+    ] = "abmil",
+    sanity: Annotated[bool, typer.Option(
+        "--sanity", help="Also re-run the chosen fusion with permuted labels and with shuffled images.")
+    ] = False,
+    sanity_fusion: Annotated[str | None, typer.Option(
+        "--sanity-fusion", help="Fusion for --sanity.",
+        show_default="xattn if compared, else the last")] = None,
+    name: Annotated[str, typer.Option("--name", help="Ablation name (folder under ablations/).")] = "default",
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", help="Patient-level bootstrap resamples for the 95 % CIs.")] = 1000,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs per fold.",
+                                        rich_help_panel=_TRAIN)] = 40,
+    folds: Annotated[int, typer.Option("--folds", help="K of the saved K-fold split.",
+                                       rich_help_panel=_TRAIN)] = 5,
+    repeats: Annotated[int, typer.Option("--repeats", help="Repetitions of the split.",
+                                         rich_help_panel=_TRAIN)] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.", rich_help_panel=_TRAIN)] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patients per step.",
+                                            rich_help_panel=_TRAIN)] = 32,
+    patience: Annotated[int, typer.Option("--patience", help="Early-stopping patience.",
+                                          rich_help_panel=_TRAIN)] = 8,
+    hidden: Annotated[int, typer.Option("--hidden", help="Embedding width.", rich_help_panel=_TRAIN)] = 128,
+    heads: Annotated[int, typer.Option("--heads", help="Cross-attention heads.", rich_help_panel=_TRAIN)] = 4,
+    dropout: Annotated[float, typer.Option("--dropout", help="Dropout rate.", rich_help_panel=_TRAIN)] = 0.25,
+    missing: Annotated[str, typer.Option("--missing", help="drop | mask (patients lacking a modality).",
+                                         rich_help_panel=_TRAIN)] = "drop",
+    threshold: Annotated[str, typer.Option("--threshold", help="Binary threshold: a number or 'tuned'.",
+                                           rich_help_panel=_TRAIN)] = "0.5",
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Features of this encoder.",
+                                                show_default="the only one present")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
     workdir: WorkdirOpt = default_workdir(),
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """(not built yet)"""
-    raise NotBuiltError("`brcatool ablate` is not built yet in this version")
+    """Compare gene, image, concat, late and xattn on one split; writes ablations/<name>/."""
+    from brcatool.ablation import AblateConfig, run_ablate
+
+    cfg = AblateConfig(
+        fusions=_names(fusions), aggregators=_names(aggregators), sanity=sanity, sanity_fusion=sanity_fusion,
+        name=name, encoder=encoder, folds=folds, repeats=repeats, epochs=epochs, lr=lr, batch_size=batch_size,
+        patience=patience, hidden=hidden, dropout=dropout, heads=heads, missing=missing, threshold=threshold,
+        bootstrap=bootstrap, device=device, seed=seed, overwrite=overwrite)
+    result = run_ablate(workdir, cfg, progress=not quiet)
+    if not quiet:
+        print_summary(result)
+
+
+def _f(x: float | None, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.3f}" if sign else f"{x:.3f}"
+
+
+def print_summary(result: Any) -> None:
+    """The ablation table (also used by `brcatool demo`)."""
+    from rich.table import Table
+
+    from brcatool.ablation import LABELS, TABLE_METRICS
+
+    ref = result.reference
+    table = Table(title=f"Ablation {result.name}: mean ± sd over folds [95 % CI]")
+    table.add_column("model")
+    for m in TABLE_METRICS:
+        table.add_column(LABELS[m], justify="right")
+    if ref:
+        table.add_column(f"Δ PR-AUC vs {ref}", justify="right")
+    for r in result.summary.to_dicts():
+        cells = [f"{_f(r[f'{m}_mean'])} ± {_f(r[f'{m}_sd'])} "
+                 f"[{_f(r[f'{m}_ci_low'])}, {_f(r[f'{m}_ci_high'])}]" for m in TABLE_METRICS]
+        if ref:
+            cells.append(f"{_f(r['pr_auc_diff_mean'], True)} ± {_f(r['pr_auc_diff_sd'])}")
+        table.add_row(r["model"] if r["kind"] == "model" else f"[italic]{r['model']}[/]", *cells)
+    console.print(table)
+    extra = "".join(f", {p.name}" for p in result.plots)
+    console.print(f"summary: {result.out_dir / 'summary.md'} (+ summary.parquet{extra})", soft_wrap=True)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)

@@ -1,0 +1,441 @@
+"""The evaluate stage: metrics with uncertainty, plots and patch-weight exports of a finished run.
+
+Out-of-fold (default): every patient is scored by the fold model that never saw it. Metrics are
+per fold (mean ± sd), pooled (mean over repeats, as ``train`` reports) and given a patient-level
+bootstrap 95 % CI. External (``on=OTHER_WORKDIR``): the fold models, each with the expression
+recipe fitted on its own training fold, predict the other cohort; probabilities are averaged
+(ensemble) and every fold model is also scored alone (mean ± sd).
+
+Outputs (OOF) in ``runs/<name>/eval/``: ``metrics.json`` (everything), ``plots/*.png``,
+``attention.parquet``, ``topk/<patient>.png``, ``heatmaps/<slide>.png``, ``config.yaml`` and
+``manifest.json``; a summary is also added to the run's own ``metrics.json`` under ``evaluation``.
+External outputs go to ``runs/<name>/external/<other-workdir-name>/`` (plus ``predictions.parquet``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brcatool import artifacts, config
+from brcatool import metrics as M
+from brcatool.artifacts import Manifest, Workdir
+from brcatool.errors import ArtifactError, InputError
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``brcatool evaluate`` (defaults = the CLI's)."""
+
+    run: str | None = None  # run name under runs/; None = the latest finished run
+    on: str | None = None  # another prepared workdir: external evaluation
+    bootstrap: int = 1000  # patient-level bootstrap resamples for the 95 % CI (0 = none)
+    top_k: int = 8  # patches per patient in the top-k montage (0 = no montages)
+    heatmaps: bool = False  # patch weights on slide thumbnails
+    plots: bool = True
+    attention: bool = True  # export patch weights for attention models
+    device: str = "cpu"
+    seed: int = 0
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.bootstrap < 0 or self.top_k < 0:
+            raise InputError("--bootstrap and --top-k must be >= 0")
+
+    def params(self) -> dict[str, Any]:
+        d = config.to_dict(self)
+        for k in ("device", "overwrite"):
+            d.pop(k)
+        if self.on is not None:
+            d["on"] = str(Path(self.on).resolve())
+        return d
+
+
+@dataclass
+class EvaluateResult:
+    run: str
+    run_dir: Path
+    out_dir: Path
+    scope: str  # "oof" or "external:<name>"
+    task: str
+    classes: list[str]
+    n_patients: int
+    pooled: dict[str, float]
+    fold_mean: dict[str, float]
+    fold_sd: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    per_fold: list[dict[str, Any]] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    attention: Path | None = None
+    montages: int = 0
+    heatmaps: int = 0
+    notes: list[str] = field(default_factory=list)
+    bootstrap: int = 0
+    skipped: bool = False
+    seconds: float = 0.0
+
+    def rows(self) -> list[tuple[str, float, float, float, float, float]]:
+        """(metric, pooled, fold mean, fold sd, CI low, CI high) per metric, for tables."""
+        return [(k, self.pooled.get(k, math.nan), self.fold_mean.get(k, math.nan),
+                 self.fold_sd.get(k, math.nan), *self.ci.get(k, (math.nan, math.nan)))
+                for k in M.EVAL_METRIC_NAMES]
+
+    def to_json(self) -> dict[str, Any]:
+        return M.json_safe({
+            "run": self.run, "scope": self.scope, "task": self.task, "classes": self.classes,
+            "n_patients": self.n_patients, "pooled": self.pooled, "fold_mean": self.fold_mean,
+            "fold_sd": self.fold_sd, "ci95": {k: list(v) for k, v in self.ci.items()},
+            "bootstrap": self.bootstrap, "per_fold": self.per_fold,
+            "plots": [p.name for p in self.plots],
+            "attention": self.attention.name if self.attention else None,
+            "montages": self.montages, "heatmaps": self.heatmaps, "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+        })
+
+
+# --------------------------------------------------------------------------- finding runs
+def resolve_run(wd: Workdir, name: str | None) -> Path:
+    """``runs/<name>`` (finished), or the most recently finished run when ``name`` is None."""
+    if name:
+        run_dir = wd.run_dir(name)
+        if not (run_dir / "manifest.json").is_file():
+            have = finished_runs(wd)
+            raise ArtifactError(f"no finished run named {name!r}", path=run_dir,
+                                fix=(f"use one of: {', '.join(p.name for p in have[-8:])}" if have
+                                     else f"run `brcatool train -w {wd.root}` first"))
+        return run_dir
+    runs = finished_runs(wd)
+    if not runs:
+        raise ArtifactError("holds no finished runs", path=wd.runs_dir,
+                            fix=f"run `brcatool train -w {wd.root}` first")
+    return runs[-1]
+
+
+def finished_runs(wd: Workdir) -> list[Path]:
+    """Runs with a manifest, oldest first."""
+    if not wd.runs_dir.is_dir():
+        return []
+    runs = [p for p in wd.runs_dir.iterdir()
+            if (p / "manifest.json").is_file() and not p.name.startswith(".")]
+    return sorted(runs, key=lambda p: ((p / "manifest.json").stat().st_mtime, p.name))
+
+
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    mets = artifacts.read_json(run_dir / "metrics.json")
+    cfg = config.load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    fusion = str(mets.get("fusion", cfg.get("fusion", "")))
+    aggregator = str(mets.get("aggregator", cfg.get("aggregator", "")))
+    weighs = fusion == "xattn" or (fusion != "gene" and aggregator == "abmil")
+    return {"task": str(mets.get("task", "")), "classes": list(mets["classes"]), "fusion": fusion,
+            "aggregator": aggregator, "has_attention": weighs}
+
+
+# --------------------------------------------------------------------------- metrics
+def fold_metrics(oof: Any, classes: list[str]) -> list[dict[str, Any]]:
+    """``eval_metrics`` of every (repeat, fold) of an oof table."""
+    from brcatool.training import oof_probs
+
+    out = []
+    for (r, k), part in sorted(oof.group_by(["repeat", "fold"]), key=lambda g: g[0]):
+        m = M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy())
+        out.append({"repeat": int(r), "fold": int(k), "n": part.height, **m})
+    return out
+
+
+def summarise(per_fold: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sd (ddof 1) over folds of every metric."""
+    mean, sd = {}, {}
+    for k in M.EVAL_METRIC_NAMES:
+        v = np.array([f[k] for f in per_fold], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        mean[k] = float(v.mean()) if v.size else math.nan
+        sd[k] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+    return mean, sd
+
+
+def pooled_metrics(oof: Any, classes: list[str]) -> dict[str, float]:
+    """Metrics of all out-of-fold rows of each repeat, averaged over repeats."""
+    from brcatool.training import oof_probs
+
+    rows = [M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy())
+            for _, part in sorted(oof.group_by("repeat"), key=lambda g: g[0])]
+    return {k: float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows) else math.nan
+            for k in M.EVAL_METRIC_NAMES}
+
+
+def _ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    from brcatool.training import oof_probs
+
+    return M.bootstrap_ci(table["target"].to_numpy(), oof_probs(table, classes),
+                          pred=table["pred"].to_numpy(), groups=np.asarray(table["patient_id"].to_list()),
+                          n_boot=n_boot, seed=seed)
+
+
+def _curves(table: Any, classes: list[str], out: Path, label: str) -> list[Path]:
+    from brcatool import plots
+    from brcatool.training import oof_probs
+
+    y, probs, pred = table["target"].to_numpy(), oof_probs(table, classes), table["pred"].to_numpy()
+    return [plots.pr_curve(y, probs, classes, out / "pr_curve.png", title=f"Precision-recall: {label}"),
+            plots.roc_curve(y, probs, classes, out / "roc_curve.png", title=f"ROC: {label}"),
+            plots.confusion(y, pred, classes, out / "confusion.png", title=f"Confusion: {label}"),
+            plots.calibration(y, probs, classes, out / "calibration.png", title=f"Calibration: {label}")]
+
+
+# --------------------------------------------------------------------------- the stage
+def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool = True) -> EvaluateResult:
+    """Evaluate a run out-of-fold, or on another workdir with ``cfg.on``; see the module doc."""
+    t0 = time.perf_counter()
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    cfg.validate()
+    run_dir = resolve_run(wd, cfg.run)
+    info = _run_info(run_dir)
+    other = None
+    if cfg.on is not None:
+        other = Workdir(Path(cfg.on))
+        other.require(other.labels_table, made_by="prep-expr")
+        out_dir = run_dir / "external" / Path(cfg.on).resolve().name
+    else:
+        out_dir = run_dir / "eval"
+    params = {**cfg.params(), "run": run_dir.name}
+    manifest = Manifest("evaluate", params)
+    from brcatool.training import fold_model_paths
+
+    inputs = [run_dir / "oof.parquet", *fold_model_paths(run_dir)]
+    if other is not None:
+        inputs += [other.labels_table, other.expression_table,
+                   *sorted((other.root / "features").glob("*/index.parquet"))]
+    for p in inputs:
+        if p.exists():
+            manifest.add_input(p)
+    if artifacts.check_params(out_dir / "manifest.json", params, overwrite=cfg.overwrite,
+                              what=f"evaluation of {run_dir.name!r}"):
+        old = artifacts.read_json(out_dir / "manifest.json")
+        if old.get("inputs") == manifest.inputs and (out_dir / "metrics.json").is_file():
+            return load_result(run_dir, out_dir)
+    # the run was re-trained (inputs changed) or nothing exists yet: (re)compute
+    if other is None:
+        res = _evaluate_oof(wd, run_dir, out_dir, info, cfg, progress)
+    else:
+        res = _evaluate_external(other, run_dir, out_dir, info, cfg, progress)
+    res.seconds = time.perf_counter() - t0
+    artifacts.write_json(out_dir / "metrics.json", res.to_json())
+    config.write_yaml(cfg, out_dir / "config.yaml")
+    manifest.write(out_dir / "manifest.json", counts={"patients": res.n_patients, "plots": len(res.plots),
+                                                      "montages": res.montages, "heatmaps": res.heatmaps},
+                   seconds=round(res.seconds, 2))
+    if other is None:  # a summary beside train's metrics, so one file holds a run's numbers
+        mets = artifacts.read_json(run_dir / "metrics.json")
+        mets["evaluation"] = {k: v for k, v in res.to_json().items()
+                              if k in ("pooled", "fold_mean", "fold_sd", "ci95", "bootstrap")}
+        mets["evaluation"]["details"] = str(out_dir.relative_to(run_dir) / "metrics.json")
+        artifacts.write_json(run_dir / "metrics.json", mets)
+    return res
+
+
+def load_result(run_dir: Path, out_dir: Path) -> EvaluateResult:
+    """A finished evaluation from its ``metrics.json`` (re-runs with the same params skip)."""
+    d = artifacts.read_json(out_dir / "metrics.json")
+
+    def nan(m: dict[str, Any]) -> dict[str, float]:
+        return {k: math.nan if v is None else float(v) for k, v in m.items()}
+
+    att = out_dir / "attention.parquet"
+    return EvaluateResult(
+        run=run_dir.name, run_dir=run_dir, out_dir=out_dir, scope=d["scope"], task=d["task"],
+        classes=d["classes"], n_patients=d["n_patients"], pooled=nan(d["pooled"]),
+        fold_mean=nan(d["fold_mean"]), fold_sd=nan(d["fold_sd"]),
+        ci={k: tuple(math.nan if x is None else float(x) for x in v) for k, v in d["ci95"].items()},
+        per_fold=d["per_fold"], plots=[out_dir / "plots" / p for p in d["plots"]],
+        attention=att if att.is_file() else None, montages=d["montages"], heatmaps=d["heatmaps"],
+        notes=d["notes"], bootstrap=d["bootstrap"], skipped=True, seconds=float(d.get("seconds", 0.0)))
+
+
+def _evaluate_oof(wd: Workdir, run_dir: Path, out_dir: Path, info: dict[str, Any], cfg: EvaluateConfig,
+                  progress: bool) -> EvaluateResult:
+    import polars as pl
+
+    classes = info["classes"]
+    oof = artifacts.read_parquet(run_dir / "oof.parquet", schema="oof", made_by=f"train -w {wd.root}")
+    per_fold = fold_metrics(oof, classes)
+    mean, sd = summarise(per_fold)
+    res = EvaluateResult(run=run_dir.name, run_dir=run_dir, out_dir=out_dir, scope="oof", task=info["task"],
+                         classes=classes, n_patients=int(oof["patient_id"].n_unique()),
+                         pooled=pooled_metrics(oof, classes), fold_mean=mean, fold_sd=sd,
+                         ci=_ci(oof, classes, cfg.bootstrap, cfg.seed), per_fold=per_fold,
+                         bootstrap=cfg.bootstrap)
+    if cfg.plots:
+        first = oof.filter(pl.col("repeat") == oof["repeat"].min())
+        res.plots = _curves(first, classes, out_dir / "plots", run_dir.name)
+        if (run_dir / "epochs.csv").is_file():
+            from brcatool import plots
+
+            res.plots.append(plots.training_curves(pl.read_csv(run_dir / "epochs.csv"),
+                                                   out_dir / "plots" / "training_curves.png",
+                                                   title=f"Training: {run_dir.name}"))
+    if cfg.attention and info["has_attention"]:
+        from brcatool.training import predict
+
+        preds = predict(run_dir, wd, mode="oof", attention=True, device=cfg.device)
+        _export_attention(wd, preds.attention, out_dir, cfg, res, progress)
+    elif cfg.attention:
+        res.notes.append(f"no patch weights: {info['fusion']}/{info['aggregator']} does not weigh patches "
+                         "(abmil aggregator or xattn fusion do)")
+    return res
+
+
+def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[str, Any],
+                       cfg: EvaluateConfig, progress: bool) -> EvaluateResult:
+    import polars as pl
+
+    from brcatool.training import fold_model_paths, load_fold_model, predict
+
+    classes = info["classes"]
+    preds = predict(run_dir, other, mode="ensemble", attention=cfg.attention and info["has_attention"],
+                    device=cfg.device)
+    table = preds.table
+    if table.height == 0:
+        raise ArtifactError("has no patients with the modalities the run's models need", path=other.root)
+    from brcatool.training import oof_probs
+
+    pooled = M.eval_metrics(table["target"].to_numpy(), oof_probs(table, classes),
+                            pred=table["pred"].to_numpy())
+    per_fold = []
+    for path in fold_model_paths(run_dir):  # each fold model alone on the external cohort
+        fm = load_fold_model(path, device=cfg.device)
+        idx, probs, _ = fm.predict(preds.cohort, device=cfg.device)
+        m = M.eval_metrics(preds.cohort.targets[idx], probs, threshold=fm.threshold)
+        per_fold.append({"repeat": fm.repeat, "fold": fm.fold, "n": len(idx), **m})
+    mean, sd = summarise(per_fold)
+    res = EvaluateResult(run=run_dir.name, run_dir=run_dir, out_dir=out_dir,
+                         scope=f"external:{out_dir.name}", task=info["task"], classes=classes,
+                         n_patients=table.height, pooled=pooled, fold_mean=mean, fold_sd=sd,
+                         ci=_ci(table, classes, cfg.bootstrap, cfg.seed), per_fold=per_fold,
+                         bootstrap=cfg.bootstrap)
+    stored = table.with_columns(pl.lit(0, pl.Int64).alias("repeat"), pl.lit(-1, pl.Int64).alias("fold"))
+    stored = stored.select("patient_id", "repeat", "fold", *[c for c in table.columns if c != "patient_id"])
+    artifacts.write_parquet(stored, out_dir / "predictions.parquet", schema="oof")  # fold -1 = ensemble
+    if cfg.plots:
+        res.plots = _curves(table, classes, out_dir / "plots", f"{run_dir.name} on {out_dir.name}")
+    if preds.attention is not None:
+        _export_attention(other, preds.attention, out_dir, cfg, res, progress)
+    return res
+
+
+# --------------------------------------------------------------------------- interpretability
+def _export_attention(wd: Workdir, att: Any, out_dir: Path, cfg: EvaluateConfig, res: EvaluateResult,
+                      progress: bool) -> None:
+    """attention.parquet (weights sum to 1 per patient), top-k montages and heatmaps."""
+    if att is None or att.height == 0:
+        res.notes.append("the models returned no patch weights")
+        return
+    att = att.sort("patient_id", "slide_id", "patch_index")
+    res.attention = artifacts.write_parquet(att, out_dir / "attention.parquet", schema="attention")
+    if cfg.top_k > 0:
+        if wd.patches_zarr.exists():
+            res.montages = _montages(wd, att, out_dir / "topk", cfg.top_k, progress)
+        else:
+            res.notes.append(f"no top-k montages: {wd.patches_zarr} does not exist (no patch images)")
+    if cfg.heatmaps:
+        res.heatmaps = _heatmaps(wd, att, out_dir / "heatmaps", res.notes, progress)
+
+
+def _bar(progress: bool) -> Any:
+    from rich.progress import Progress
+
+    return Progress(transient=True, disable=not progress)
+
+
+def _montages(wd: Workdir, att: Any, out: Path, k: int, progress: bool) -> int:
+    from brcatool import plots, stores
+
+    top = att.sort("weight", descending=True).group_by("patient_id", maintain_order=True).head(k)
+    stores_cache: dict[str, Any] = {}
+    written = 0
+    groups = sorted(top.group_by("patient_id"), key=lambda g: g[0])
+    with _bar(progress) as bar:
+        task = bar.add_task("top-k montages", total=len(groups))
+        for (pid,), part in groups:
+            images, labels = [], []
+            for sid, pidx, w in part.sort("weight", descending=True).select(
+                    "slide_id", "patch_index", "weight").iter_rows():
+                try:
+                    arr = stores_cache.setdefault(sid, stores.read_patches(wd, sid))
+                    images.append(np.asarray(arr[int(pidx)]))
+                    labels.append(f"#{pidx} w={w:.3f}")
+                except (KeyError, FileNotFoundError, ArtifactError, IndexError):
+                    continue
+            if images:
+                plots.montage(images, labels, out / f"{pid}.png")
+                written += 1
+            bar.advance(task)
+    return written
+
+
+def _heatmaps(wd: Workdir, att: Any, out: Path, notes: list[str], progress: bool) -> int:
+    """Patch weights on the openslide thumbnail (else the tile stage's QC image) of each slide."""
+    if not wd.slides_table.is_file() or not wd.patches_table.is_file():
+        notes.append("no heatmaps: slides.parquet/patches.parquet missing (run `brcatool tile`)")
+        return 0
+    slides_t = artifacts.read_parquet(wd.slides_table, schema="slides")
+    patches_t = artifacts.read_parquet(wd.patches_table, schema="patches")
+    joined = att.join(patches_t.select("slide_id", "patch_index", "x", "y", "size", "mpp"),
+                      on=["slide_id", "patch_index"], how="inner")
+    meta = {r["slide_id"]: r for r in slides_t.iter_rows(named=True)}
+    written, missing = 0, 0
+    groups = sorted(joined.group_by("slide_id"), key=lambda g: g[0])
+    with _bar(progress) as bar:
+        task = bar.add_task("heatmaps", total=len(groups))
+        for (sid,), part in groups:
+            bar.advance(task)
+            row = meta.get(sid)
+            thumb, ds = _thumbnail(wd, sid, row) if row else (None, 1.0)
+            if thumb is None:
+                missing += 1
+                continue
+            mpp0 = float(row.get("mpp") or 0.0) or float(part["mpp"][0])
+            size0 = part["size"].to_numpy() * part["mpp"].to_numpy() / mpp0
+            xy = part.select("x", "y").to_numpy() / ds
+            boxes = np.column_stack([xy, size0 / ds, size0 / ds])
+            from brcatool import plots
+
+            plots.heatmap(thumb, boxes, part["weight"].to_numpy(), out / f"{sid}.png",
+                          title=f"{sid} ({part['patient_id'][0]})")
+            written += 1
+    if missing:
+        notes.append(f"no heatmap for {missing} slide(s): neither the slide file nor a QC thumbnail "
+                     "could be read")
+    return written
+
+
+def _thumbnail(wd: Workdir, sid: str, row: dict[str, Any]) -> tuple[np.ndarray | None, float]:
+    """(RGB thumbnail, level-0 px per thumbnail px) from the slide, else the QC PNG, else None."""
+    from brcatool.errors import BrcaError
+
+    path = Path(str(row.get("path") or ""))
+    if row.get("path") and not path.is_absolute():
+        path = wd.root / path
+    if row.get("path") and path.exists():
+        from brcatool import slides
+
+        try:
+            slide = slides.open_slide(path)
+            try:
+                return slides.read_thumbnail(slide, max_side=1024)
+            finally:
+                slide.close()
+        except BrcaError:
+            pass
+    qc = wd.qc_dir / f"{sid}.png"
+    if qc.is_file() and row.get("width"):
+        import cv2
+
+        img = cv2.imread(str(qc), cv2.IMREAD_COLOR)
+        if img is not None:
+            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), float(row["width"]) / img.shape[1]
+    return None, 1.0
