@@ -180,12 +180,13 @@ def slide_mpp(slide: Any, *, fallback: float | None = None, path: Any = None) ->
 # --------------------------------------------------------------------------- reading
 def to_rgb(rgba: np.ndarray) -> np.ndarray:
     """RGB uint8 from openslide's RGBA, transparent areas composited onto white."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
+    import cv2
+
+    alpha = cv2.extractChannel(rgba, 3)  # ~10x faster than numpy on strided views
+    if cv2.minMaxLoc(alpha)[0] == 255:
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     a = alpha[..., None].astype(np.uint16)
-    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    out = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
     return out.astype(np.uint8)
 
 
@@ -233,17 +234,20 @@ def read_patch(slide: Any, x: int, y: int, plan: ReadPlan) -> np.ndarray:
 
 
 def read_thumbnail(slide: Any, max_side: int = 2048, block: int = 4096) -> tuple[np.ndarray, float]:
-    """RGB overview whose long side is at most ``max_side`` and its downsample from level 0.
+    """RGB overview (long side between ``max_side / 2`` and ``max_side``) and its downsample.
 
-    Reads the coarsest level at or above the needed resolution in blocks, resizing each, so a
-    slide without a small pyramid level never gets materialised whole.
+    Reads the coarsest level that still gives ``max_side / 2`` px, in blocks, resizing each, so
+    a slide without a small pyramid level never gets materialised whole.
     """
     import cv2
 
     w0, h0 = slide.dimensions
-    want = max(1.0, max(w0, h0) / max_side)
-    level = slide.get_best_level_for_downsample(want)
-    d = float(slide.level_downsamples[level])
+    long0 = max(w0, h0)
+    downs = [float(d) for d in slide.level_downsamples]
+    enough = [i for i, d in enumerate(downs) if long0 / d >= min(long0, max_side / 2)]
+    level = max(enough, key=lambda i: downs[i]) if enough else 0
+    d = downs[level]
+    want = max(d, long0 / max_side)
     lw, lh = slide.level_dimensions[level]
     scale = d / want  # output px per level px (<= 1)
     ow, oh = max(1, int(round(w0 / want))), max(1, int(round(h0 / want)))

@@ -27,6 +27,7 @@ from brcatool.errors import BrcaError, InputError
 
 PARTS = ".tile-parts"
 QC_SIDE = 1024  # long side of QC images
+READ_THREADS = 2  # patch-reading threads per slide (plus one writing the store)
 MIN_SATURATION = 20  # Otsu on a blank slide splits noise; tissue is more saturated than this
 MAX_GRAY = 220  # ... and darker than this
 EXEC_ONLY = ("workers", "overwrite", "strict")  # options that do not change the outputs
@@ -256,6 +257,13 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
             "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan)}
 
 
+def _codec() -> Any:
+    """zstd level 1: ~30 % smaller than raw pixels at about 70 % of the cost of zstd's default."""
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=1)
+
+
 def _write_patch_array(wd: Workdir, slide_id: str, n: int, size: int,
                        batches: Iterable[np.ndarray], attrs: dict[str, Any]) -> None:
     """``stores.write_patches`` layout, filled shard by shard so memory stays one shard."""
@@ -266,7 +274,7 @@ def _write_patch_array(wd: Workdir, slide_id: str, n: int, size: int,
     with atomic_path(wd.patches_zarr / slide_id) as tmp:
         arr = zarr.create_array(
             store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
-            shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors="auto",
+            shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_codec(),
             attributes=attrs, zarr_format=3, overwrite=True)
         # compress/write one shard in a thread while the next is read (both release the GIL)
         with ThreadPoolExecutor(1) as writer:
@@ -296,14 +304,19 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
     try:
         slide = slides.open_slide(entry.path)
         try:
+            def read(xy1: np.ndarray) -> np.ndarray:
+                return slides.read_patch(slide, int(xy1[0]), int(xy1[1]), plan)
+
             def batches() -> Iterable[np.ndarray]:
-                # two buffers: one is filled while the writer still holds the other
+                # two buffers: one is filled while the writer still holds the other; openslide
+                # is thread-safe and decodes without the GIL, so a few threads read at once
                 bufs = np.empty((2, PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
-                for b, s in enumerate(range(0, len(xy), PATCH_SHARD)):
-                    part, buf = xy[s:s + PATCH_SHARD], bufs[b % 2]
-                    for i, (x, y) in enumerate(part):
-                        buf[i] = slides.read_patch(slide, int(x), int(y), plan)
-                    yield buf[: len(part)]
+                with ThreadPoolExecutor(READ_THREADS) as readers:
+                    for b, s in enumerate(range(0, len(xy), PATCH_SHARD)):
+                        part, buf = xy[s:s + PATCH_SHARD], bufs[b % 2]
+                        for i, patch in enumerate(readers.map(read, part)):
+                            buf[i] = patch
+                        yield buf[: len(part)]
 
             attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
                      "size": plan.out_size, "level": plan.level}
@@ -540,7 +553,7 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
         shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
     slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in out_rows],
                                        schema=_schema(SLIDE_COLUMNS))
-    patch_parts = [pq.read_table(parts / f"{sid}.patches.parquet") for sid in with_patches]
+    patch_parts = [pq.ParquetFile(parts / f"{sid}.patches.parquet").read() for sid in with_patches]
     patch_table = (pa.concat_tables(patch_parts).cast(_schema(PATCH_COLUMNS)) if patch_parts
                    else _schema(PATCH_COLUMNS).empty_table())
     artifacts.write_parquet(slide_table, wd.slides_table, schema="slides")
