@@ -224,6 +224,20 @@ def test_recipe_drop_mode():
         Recipe(iqr_mode="drop", drop_frac=0.0, iqr_k=0.0).fit(np.arange(9.0).reshape(3, 3), G3)
 
 
+def test_recipe_matches_numpy_reference_on_random_data():
+    rng = np.random.default_rng(0)
+    X = rng.lognormal(0, 1, (37, 60)).astype(np.float32)
+    genes = [f"g{i}" for i in range(60)]
+    r = Recipe(top_genes=20, iqr_k=1.0).fit(X, genes)
+    top = np.sort(np.argsort(-X.astype(np.float64).var(axis=0), kind="stable")[:20])
+    assert r.index.tolist() == top.tolist()
+    q1, q3 = np.percentile(X[:, top].astype(np.float64), [25, 75], axis=0)
+    np.testing.assert_allclose(r.lo, q1 - (q3 - q1), rtol=1e-6)
+    np.testing.assert_allclose(r.hi, q3 + (q3 - q1), rtol=1e-6)
+    clipped = np.clip(X[:, top].astype(np.float64), r.lo, r.hi)
+    np.testing.assert_allclose(r.transform(X), (clipped - clipped.mean(0)) / clipped.std(0), atol=1e-5)
+
+
 def test_recipe_json_round_trip_and_name_alignment():
     r = Recipe(top_genes=2).fit(X5, G3)
     d = json.loads(json.dumps(r.to_dict()))
