@@ -406,6 +406,20 @@ def test_cli_prints_alignment_table(tmp_path, cohort):
     assert set(labels["label"]) <= {"Basal/Her2", "LumA/LumB/Normal"}
 
 
+def test_cli_resolved_config_reruns(tmp_path, cohort):
+    first = tmp_path / "a"
+    res = runner.invoke(app, ["prep-expr", "--expression", str(cohort.expression), "--clinical",
+                              str(cohort.clinical), "-w", str(first), "--genes", "pam50", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "Cohort alignment" not in res.output  # --quiet
+    res = runner.invoke(app, ["prep-expr", "--config", str(first / "manifests" / "prep-expr.yaml"),
+                              "-w", str(tmp_path / "b"), "-q"])
+    assert res.exit_code == 0, res.output
+    a = (first / "expression.parquet").read_bytes()
+    assert a == (tmp_path / "b" / "expression.parquet").read_bytes()
+    assert read_parquet(first / "expression.parquet", schema="expression").width == 51
+
+
 def test_cli_bad_input_one_line(tmp_path):
     path = _tsv(tmp_path, [["gene", S1, S2], ["ESR1", 1, "high"]])
     res = runner.invoke(app, ["prep-expr", "--expression", str(path), "-w", str(tmp_path / "w")])

@@ -88,10 +88,11 @@ def prep_expr(
     for line in result.warnings:
         err_console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
     if not quiet:
-        _report(result)
+        print_summary(result)
 
 
-def _report(result: Any) -> None:
+def print_summary(result: Any) -> None:
+    """The alignment table, the class counts and one line about the expression table (also for demo)."""
     from rich.table import Table
 
     if result.skipped:
