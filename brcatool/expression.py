@@ -415,7 +415,7 @@ class Recipe:
         T = None
         if self.iqr_mode != "none":
             T = np.ascontiguousarray((X if cols is None else X[:, cols]).T)  # (genes, rows)
-            q1, q3 = _quantiles(T, (0.25, 0.75))  # partitions T in place
+            q1, q3 = _quantiles(T, (0.25, 0.75))  # sorts each gene's row in place
             self.lo, self.hi = q1 - self.iqr_k * (q3 - q1), q3 + self.iqr_k * (q3 - q1)
             if self.iqr_mode == "clip":
                 np.clip(T, self.lo.astype(np.float32)[:, None], self.hi.astype(np.float32)[:, None], out=T)
@@ -542,17 +542,17 @@ def _outlier_frac(X: np.ndarray, cols: np.ndarray | None, lo: np.ndarray, hi: np
 
 
 def _quantiles(T: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
-    """Per-row quantiles with numpy's default (linear) rule; partially sorts ``T`` in place."""
+    """Per-row quantiles with numpy's default (linear) rule; sorts ``T`` in place.
+
+    numpy's SIMD sort of every row is ~3x faster than ``np.percentile``'s multi-kth partition.
+    """
     n = T.shape[1]
-    pos = [q * (n - 1) for q in qs]
-    kth = sorted({int(h) for h in pos} | {min(int(h) + 1, n - 1) for h in pos})
-    T.partition(kth, axis=1)
-    P = T
+    T.sort(axis=1)
     out = []
-    for h in pos:
-        a = P[:, int(h)].astype(np.float64)
-        b = P[:, min(int(h) + 1, n - 1)].astype(np.float64)
-        out.append(a + (h - int(h)) * (b - a))
+    for q in qs:
+        h = q * (n - 1)
+        a = T[:, int(h)].astype(np.float64)
+        out.append(a + (h - int(h)) * (T[:, int(h) + 1].astype(np.float64) - a) if h > int(h) else a)
     return out
 
 

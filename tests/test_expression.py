@@ -238,6 +238,17 @@ def test_recipe_matches_numpy_reference_on_random_data():
     np.testing.assert_allclose(r.transform(X), (clipped - clipped.mean(0)) / clipped.std(0), atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 37])
+def test_quantiles_match_numpy(n):
+    from brcatool.expression import _quantiles
+
+    rng = np.random.default_rng(n)
+    T = rng.integers(0, 4, (6, n)).astype(np.float32)  # many ties
+    expected = np.percentile(T.astype(np.float64), [10, 25, 50, 75, 100], axis=1)
+    got = _quantiles(T.copy(), (0.1, 0.25, 0.5, 0.75, 1.0))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
 def test_recipe_json_round_trip_and_name_alignment():
     r = Recipe(top_genes=2).fit(X5, G3)
     d = json.loads(json.dumps(r.to_dict()))
