@@ -26,7 +26,7 @@ from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_
 from brcatool.errors import BrcaError, InputError
 
 PARTS = ".tile-parts"
-QC_SIDE = 1024  # long side of QC images
+QC_SIDE = 768  # long side of QC images (PNG encoding is a fixed cost per slide)
 READ_THREADS = 2  # patch-reading threads per slide (plus one writing the store)
 MIN_SATURATION = 20  # Otsu on a blank slide splits noise; tissue is more saturated than this
 MAX_GRAY = 220  # ... and darker than this
@@ -199,7 +199,8 @@ def _png(path: Path, rgb: np.ndarray) -> None:
     import cv2
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
     if ok:
         with atomic_path(path) as tmp:
             tmp.write_bytes(buf.tobytes())
