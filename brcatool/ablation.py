@@ -58,7 +58,8 @@ class AblateConfig:
     missing: str = "drop"
     threshold: str = "0.5"
     bootstrap: int = 1000
-    plots: bool = True
+    plots: bool = True  # the ablation bar chart
+    run_plots: bool = True  # each run's evaluate figures (PR, ROC, ...; ~0.5 s each)
     device: str = "auto"
     seed: int = 0
     overwrite: bool = False
@@ -160,7 +161,7 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     evals: dict[str, Any] = {}
 
     def evaluate(spec: ModelSpec) -> None:
-        ev = run_evaluate(wd, EvaluateConfig(run=spec.run, bootstrap=cfg.bootstrap, plots=cfg.plots,
+        ev = run_evaluate(wd, EvaluateConfig(run=spec.run, bootstrap=cfg.bootstrap, plots=cfg.run_plots,
                                              attention=False, seed=cfg.seed, overwrite=cfg.overwrite),
                           progress=False)
         evals[spec.label] = ev

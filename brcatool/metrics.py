@@ -201,7 +201,8 @@ def weighted_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray,
     cm = np.einsum("bn,nc,nd->bcd", w, Y, Pr)  # (B, true, pred)
     total = w.sum(1)
     t, p, tp = cm.sum(2), cm.sum(1), np.diagonal(cm, axis1=1, axis2=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN rows (a resample with one class) stay NaN
         f1_c = np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
         recall = np.where(t > 0, tp / np.where(t > 0, t, 1), np.nan)
         cov = tp.sum(1) * total - (t * p).sum(1)

@@ -42,6 +42,8 @@ def ablate(
     name: Annotated[str, typer.Option("--name", help="Ablation name (folder under ablations/).")] = "default",
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", help="Patient-level bootstrap resamples for the 95 % CIs.")] = 1000,
+    run_plots: Annotated[bool, typer.Option(
+        "--run-plots/--no-run-plots", help="Also write each model's evaluate figures.")] = True,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs per fold.",
                                         rich_help_panel=_TRAIN)] = 40,
     folds: Annotated[int, typer.Option("--folds", help="K of the saved K-fold split.",
@@ -76,7 +78,7 @@ def ablate(
         fusions=_names(fusions), aggregators=_names(aggregators), sanity=sanity, sanity_fusion=sanity_fusion,
         name=name, encoder=encoder, folds=folds, repeats=repeats, epochs=epochs, lr=lr, batch_size=batch_size,
         patience=patience, hidden=hidden, dropout=dropout, heads=heads, missing=missing, threshold=threshold,
-        bootstrap=bootstrap, device=device, seed=seed, overwrite=overwrite)
+        bootstrap=bootstrap, run_plots=run_plots, device=device, seed=seed, overwrite=overwrite)
     result = run_ablate(workdir, cfg, progress=not quiet)
     if not quiet:
         print_summary(result)
