@@ -274,8 +274,12 @@ def open_group(path: str | Path, *, schema: str, create: bool = False):
     if not path.exists():
         if not create:
             raise ArtifactError("Zarr store not found", path=path)
-        with atomic_path(path) as tmp:
-            zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=schema_attrs(schema))
+        try:
+            with atomic_path(path) as tmp:
+                zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=schema_attrs(schema))
+        except OSError:
+            if not path.exists():  # else another process created it first: fine
+                raise
     try:
         group = zarr.open_group(str(path), mode="r+" if create else "r", zarr_format=3)
     except Exception as exc:  # noqa: BLE001

@@ -10,6 +10,8 @@ Layouts (Zarr v3, one array per slide, named by ``slide_id``; each array written
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,51 @@ from brcatool.artifacts import Workdir
 PATCH_SHARD = 64  # patches per shard file: few files, still cheap partial reads
 
 
+def _patch_codec() -> Any:
+    """zstd level 1: ~30 % smaller than raw pixels at about 70 % of the cost of zstd's default."""
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=1)
+
+
+def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
+                        batches: Iterable[np.ndarray], attrs: dict[str, Any] | None = None) -> Path:
+    """Write one slide's patches from an iterator of batches, atomically, one shard in memory.
+
+    A shard is compressed and written in a thread while the caller reads the next batch
+    (both release the GIL), so tiling overlaps slide reads with store writes.
+    """
+    import zarr
+
+    artifacts.open_group(workdir.patches_zarr, schema="patch-store", create=True)
+    with artifacts.atomic_path(workdir.patches_zarr / slide_id) as tmp:
+        arr = zarr.create_array(
+            store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
+            shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_patch_codec(),
+            attributes=dict(attrs or {}), zarr_format=3, overwrite=True)
+        with ThreadPoolExecutor(1) as writer:
+            pending = None
+            start = 0
+            for batch in batches:
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(arr.__setitem__, slice(start, start + len(batch)), batch)
+                start += len(batch)
+            if pending is not None:
+                pending.result()
+        if start != n:
+            raise ValueError(f"{slide_id}: got {start} patches, expected {n}")
+    return workdir.patches_zarr / slide_id
+
+
 def write_patches(workdir: Workdir, slide_id: str, patches: np.ndarray,
                   attrs: dict[str, Any] | None = None) -> Path:
+    """Write an in-memory patch array (tests, synthetic stores); see ``write_patch_batches``."""
     if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[-1] != 3:
         raise ValueError(f"patches must be uint8 (n, s, s, 3), got {patches.dtype} {patches.shape}")
-    artifacts.open_group(workdir.patches_zarr, schema="patch-store", create=True)
-    n, h, w, _ = patches.shape
-    chunks = (1, h, w, 3)
-    shards = (max(1, min(n, PATCH_SHARD)), h, w, 3)
-    return artifacts.write_array(workdir.patches_zarr, slide_id, patches, chunks=chunks,
-                                 shards=shards, attrs=attrs)
+    n, size = patches.shape[0], patches.shape[1]
+    batches = (patches[i:i + PATCH_SHARD] for i in range(0, n, PATCH_SHARD))
+    return write_patch_batches(workdir, slide_id, n, size, batches, attrs)
 
 
 def read_patches(workdir: Workdir, slide_id: str):

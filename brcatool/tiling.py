@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from brcatool import artifacts, slides
+from brcatool import artifacts, slides, stores
 from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
 from brcatool.errors import BrcaError, InputError
 
@@ -258,38 +258,6 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
             "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan)}
 
 
-def _codec() -> Any:
-    """zstd level 1: ~30 % smaller than raw pixels at about 70 % of the cost of zstd's default."""
-    from zarr.codecs import ZstdCodec
-
-    return ZstdCodec(level=1)
-
-
-def _write_patch_array(wd: Workdir, slide_id: str, n: int, size: int,
-                       batches: Iterable[np.ndarray], attrs: dict[str, Any]) -> None:
-    """``stores.write_patches`` layout, filled shard by shard so memory stays one shard."""
-    import zarr
-
-    from brcatool.stores import PATCH_SHARD
-
-    with atomic_path(wd.patches_zarr / slide_id) as tmp:
-        arr = zarr.create_array(
-            store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
-            shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_codec(),
-            attributes=attrs, zarr_format=3, overwrite=True)
-        # compress/write one shard in a thread while the next is read (both release the GIL)
-        with ThreadPoolExecutor(1) as writer:
-            pending = None
-            start = 0
-            for batch in batches:
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(arr.__setitem__, slice(start, start + len(batch)), batch)
-                start += len(batch)
-            if pending is not None:
-                pending.result()
-
-
 def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarray, cfg: TileConfig,
                   wd: Workdir, parts: Path) -> dict[str, Any]:
     """Phase 3: read the chosen patches into the store, the rows into a part, draw the QC image."""
@@ -321,7 +289,7 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
 
             attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
                      "size": plan.out_size, "level": plan.level}
-            _write_patch_array(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
+            stores.write_patch_batches(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
         finally:
             slide.close()
     except Exception as exc:  # noqa: BLE001
