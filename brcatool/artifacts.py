@@ -210,8 +210,12 @@ def _json_default(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- parquet
-def write_parquet(df: Any, path: str | Path, *, schema: str) -> Path:
-    """Write a polars DataFrame or pyarrow Table atomically, stamped with its schema version."""
+def write_parquet(df: Any, path: str | Path, *, schema: str, **write_options: Any) -> Path:
+    """Write a polars DataFrame or pyarrow Table atomically, stamped with its schema version.
+
+    ``write_options`` go to ``pyarrow.parquet.write_table`` (default: zstd compression), e.g.
+    to skip statistics on very wide tables.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -221,7 +225,7 @@ def write_parquet(df: Any, path: str | Path, *, schema: str) -> Path:
     meta[SCHEMA_VERSION_KEY.encode()] = str(SCHEMAS[schema]).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **{"compression": "zstd", **write_options})
     return Path(path)
 
 
