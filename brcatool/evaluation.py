@@ -352,6 +352,8 @@ def _bar(progress: bool) -> Any:
 
 
 def _montages(wd: Workdir, att: Any, out: Path, k: int, progress: bool) -> int:
+    import polars as pl
+
     from brcatool import plots, stores
 
     top = att.sort("weight", descending=True).group_by("patient_id", maintain_order=True).head(k)
@@ -362,12 +364,14 @@ def _montages(wd: Workdir, att: Any, out: Path, k: int, progress: bool) -> int:
         task = bar.add_task("top-k montages", total=len(groups))
         for (pid,), part in groups:
             images, labels = [], []
+            slides_of = sorted(att.filter(pl.col("patient_id") == pid)["slide_id"].unique().to_list())
             for sid, pidx, w in part.sort("weight", descending=True).select(
                     "slide_id", "patch_index", "weight").iter_rows():
                 try:
                     arr = stores_cache.setdefault(sid, stores.read_patches(wd, sid))
                     images.append(np.asarray(arr[int(pidx)]))
-                    labels.append(f"#{pidx} w={w:.3f}")
+                    where = f"s{slides_of.index(sid) + 1} " if len(slides_of) > 1 else ""
+                    labels.append(f"{where}#{pidx} w={w:.3f}")
                 except (KeyError, FileNotFoundError, ArtifactError, IndexError):
                     continue
             if images:

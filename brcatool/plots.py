@@ -170,8 +170,8 @@ def heatmap(thumb: np.ndarray, boxes: np.ndarray, weights: np.ndarray, path: str
             title: str = "") -> Path:
     """Patch weights drawn on a slide thumbnail (OpenCV, fast for many slides).
 
-    ``boxes`` (n, 4) = x, y, w, h in thumbnail px. Colour = weight / max weight (inferno), blended
-    over the tissue; a colour bar on the right is labelled with the weight range.
+    ``boxes`` (n, 4) = x, y, w, h in thumbnail px. Colour = weight scaled from the slide's lowest
+    to highest patch weight (inferno), blended over the tissue; the colour bar shows both ends.
     """
     import cv2
 
@@ -183,8 +183,10 @@ def heatmap(thumb: np.ndarray, boxes: np.ndarray, weights: np.ndarray, path: str
         img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
         boxes = boxes * f
     h, w = img.shape[:2]
-    wmax = float(np.max(weights)) if len(weights) else 0.0
-    level = np.clip(np.asarray(weights, float) / wmax, 0, 1) if wmax > 0 else np.zeros(len(weights))
+    weights = np.asarray(weights, dtype=np.float64)
+    wmin, wmax = (float(weights.min()), float(weights.max())) if len(weights) else (0.0, 0.0)
+    span = wmax - wmin
+    level = (weights - wmin) / span if span > 1e-12 else np.full(len(weights), 0.5)
     lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_INFERNO)[:, 0, ::-1]
     overlay, hit = img.copy(), np.zeros((h, w), bool)
     for (x, y, bw, bh), v in zip(np.round(boxes).astype(int), level, strict=True):
@@ -201,7 +203,7 @@ def heatmap(thumb: np.ndarray, boxes: np.ndarray, weights: np.ndarray, path: str
     canvas[top:, w + 6:w + 6 + bar_w] = grad[:, None, :]
     font = cv2.FONT_HERSHEY_SIMPLEX
     cv2.putText(canvas, f"{wmax:.3f}", (w + 4, top + 10), font, 0.3, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(canvas, "0", (w + 4, top + h - 3), font, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(canvas, f"{wmin:.3f}", (w + 4, top + h - 3), font, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
     cv2.putText(canvas, title[:90], (3, 15), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return _png_cv2(canvas, path)
 
