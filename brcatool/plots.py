@@ -161,7 +161,7 @@ def ablation_bars(models: Sequence[str], means: Mapping[str, Sequence[float]],
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(x)
     ax.set_xticklabels(models, rotation=25, ha="right", fontsize=8)
-    ax.set(ylabel="score", title=title, ylim=(min(0.0, ax.get_ylim()[0]), 1.05))
+    ax.set(ylabel="score", title=title, ylim=(min(0.0, ax.get_ylim()[0]), 1.2))  # legend above 1
     ax.legend(fontsize=7, ncols=min(4, len(metrics)), loc="upper left")
     return _save(fig, path)
 

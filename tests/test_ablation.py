@@ -105,7 +105,7 @@ def test_cli(prepared) -> None:
                                  "3", "--hidden", "16", "--heads", "2", "--bootstrap", "20", "--name", "cli",
                                  "--no-run-plots"])
     assert result.exit_code == 0, result.output
-    assert "Δ PR-AUC vs" in result.output and "summary.md" in result.output
+    assert "Δ PR-AUC" in result.output and "summary.md" in result.output
     table = pl.read_parquet(prepared.workdir.ablation_dir("cli") / "summary.parquet")
     assert table["model"].to_list() == ["gene", "image"]
     bad = runner.invoke(app, ["ablate", "-w", root, "--fusions", "gene,nope"])

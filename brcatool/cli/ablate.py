@@ -22,8 +22,9 @@ _TRAIN = "Training (every model)"
 
 
 def _names(value: Any) -> list[str]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return [str(v).strip() for v in items if str(v).strip()]
+    """``gene,image`` (flag) or a YAML list (``--config``; click may hand it over as its repr)."""
+    items = value if isinstance(value, (list, tuple)) else str(value).strip("[]").split(",")
+    return [str(v).strip().strip("'\"").strip() for v in items if str(v).strip().strip("'\"").strip()]
 
 
 @report_errors
@@ -84,10 +85,10 @@ def ablate(
         print_summary(result)
 
 
-def _f(x: float | None, sign: bool = False) -> str:
+def _f(x: float | None, sign: bool = False, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return f"{x:+.3f}" if sign else f"{x:.3f}"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
 def print_summary(result: Any) -> None:
@@ -97,17 +98,18 @@ def print_summary(result: Any) -> None:
     from brcatool.ablation import LABELS, TABLE_METRICS
 
     ref = result.reference
-    table = Table(title=f"Ablation {result.name}: mean ± sd over folds [95 % CI]")
+    table = Table(title=f"Ablation {result.name}: mean ± sd over folds [pooled 95 % CI]")
     table.add_column("model")
     for m in TABLE_METRICS:
         table.add_column(LABELS[m], justify="right")
     if ref:
-        table.add_column(f"Δ PR-AUC vs {ref}", justify="right")
+        table.add_column(f"Δ PR-AUC\nvs {ref}", justify="right")
     for r in result.summary.to_dicts():
-        cells = [f"{_f(r[f'{m}_mean'])} ± {_f(r[f'{m}_sd'])} "
-                 f"[{_f(r[f'{m}_ci_low'])}, {_f(r[f'{m}_ci_high'])}]" for m in TABLE_METRICS]
+        cells = [f"{_f(r[f'{m}_mean'])}±{_f(r[f'{m}_sd'])}\n"  # two lines: fits 80 columns
+                 f"[dim][{_f(r[f'{m}_ci_low'], digits=2)},{_f(r[f'{m}_ci_high'], digits=2)}][/]"
+                 for m in TABLE_METRICS]
         if ref:
-            cells.append(f"{_f(r['pr_auc_diff_mean'], True)} ± {_f(r['pr_auc_diff_sd'])}")
+            cells.append(f"{_f(r['pr_auc_diff_mean'], True)}\n± {_f(r['pr_auc_diff_sd'])}")
         table.add_row(r["model"] if r["kind"] == "model" else f"[italic]{r['model']}[/]", *cells)
     console.print(table)
     extra = "".join(f", {p.name}" for p in result.plots)
