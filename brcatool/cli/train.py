@@ -50,7 +50,7 @@ def train(
         "--modality-dropout", help="--missing mask: chance of hiding one modality per training patient.",
         rich_help_panel=_MODEL)] = 0.0,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs per fold.",
-                                        rich_help_panel=_OPT)] = 40,
+                                        rich_help_panel=_OPT)] = 30,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.", rich_help_panel=_OPT)] = 1e-3,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.",
                                                 rich_help_panel=_OPT)] = 1e-2,
@@ -58,7 +58,7 @@ def train(
                                             rich_help_panel=_OPT)] = 32,
     patience: Annotated[int, typer.Option(
         "--patience", help="Early stopping: epochs without inner-validation improvement.",
-        rich_help_panel=_OPT)] = 8,
+        rich_help_panel=_OPT)] = 6,
     patch_dropout: Annotated[float, typer.Option(
         "--patch-dropout", help="Fraction of patches hidden per training step.", rich_help_panel=_OPT)] = 0.0,
     pos_weight: Annotated[str, typer.Option(
