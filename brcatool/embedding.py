@@ -68,16 +68,6 @@ def _strip_head(net: nn.Module) -> nn.Module:
                      fix="pick one of the registered encoders (`brcatool embed --help`)")
 
 
-def _head_in_features(net: nn.Module) -> int:
-    from torch import nn
-
-    linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not linear:
-        raise InputError(f"{type(net).__name__} has no Linear head",
-                         fix="pick one of the registered encoders (`brcatool embed --help`)")
-    return int(linear[-1].in_features)
-
-
 def _resnet_trunk(net: nn.Module) -> nn.Module:
     """ResNet through layer3 + global average pooling: the usual 1024-d pathology baseline."""
     from torch import nn
@@ -110,9 +100,13 @@ def get_encoder(name: str) -> EncoderSpec:
 
     if name in torchvision.models.list_models(module=torchvision.models) and not name.startswith(
             ("inception", "googlenet", "squeezenet", "maxvit")):
+        from torch import nn
+
         net = torchvision.models.get_model(name, weights=None)
-        fixed = getattr(net, "image_size", None)
-        return EncoderSpec(name, name, _head_in_features(net), fixed_input=fixed)
+        linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        if linear:  # the head _strip_head removes; its input is the feature
+            return EncoderSpec(name, name, int(linear[-1].in_features),
+                               fixed_input=getattr(net, "image_size", None))
     raise InputError(f"unknown encoder {name!r}",
                      fix=f"use one of: {', '.join(REGISTRY)} (or another torchvision "
                      "classification model name, e.g. resnet101)")
@@ -287,7 +281,7 @@ def augment(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     import torch
 
     lum = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    b, c, s, h = (p[:, i].to(x.dtype).view(-1, 1, 1, 1) for i in range(4))
+    b, c, s = (p[:, i].to(x.dtype).view(-1, 1, 1, 1) for i in range(3))
     x = (x * b).clamp(0, 1)
     mean = (x * lum).sum(1, keepdim=True).mean((2, 3), keepdim=True)
     x = ((x - mean) * c + mean).clamp(0, 1)
@@ -519,6 +513,11 @@ class _SlideSink:
         return out.shape[1]
 
 
+def _tile_params_hash(wd: Workdir) -> str | None:
+    path = wd.stage_manifest("tile")
+    return _params_hash(artifacts.read_json(path).get("params", {})) if path.is_file() else None
+
+
 def _params_hash(params: dict[str, Any]) -> str:
     blob = json.dumps(artifacts.normalise(params), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -577,6 +576,7 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
             "max_c": np.round(stain.max_c, 6).tolist()},
         "augment": {**JITTER, "dihedral": True, "seed": cfg.seed} if cfg.views > 1 else None,
         "dtype": "float16", "precision": precision,
+        "tile": _tile_params_hash(wd),  # re-tiled with other settings -> these features are stale
     }
     fdir = wd.features_dir(spec.name)
     manifest_path = fdir / "manifest.json"
@@ -625,6 +625,13 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                 px = batch["pixels"].to(device, non_blocking=True)
                 x = px.permute(0, 3, 1, 2).float().div_(255)  # NHWC memory = channels_last
                 aug = batch["aug"].to(device, non_blocking=True)
+                b = x.shape[0]
+                if device == "cuda" and b < bs:  # one input shape: no second cuDNN autotune
+                    x = torch.cat([x, x.new_zeros((bs - b, *x.shape[1:]))]).contiguous(
+                        memory_format=torch.channels_last)
+                    if cfg.views > 1:  # identity augmentation for the padding
+                        pad = aug.new_tensor([1, 1, 1, 0, 0]).expand(aug.shape[0], bs - b, 5)
+                        aug = torch.cat([aug, pad], dim=1)
                 feats = []
                 for v in range(cfg.views):
                     xv = x if v == 0 else augment(x, aug[v - 1])
@@ -634,7 +641,7 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                     xv = ((xv - mean) / std).contiguous(memory_format=torch.channels_last)
                     feats.append(model(xv).float())
                 # copy back without waiting; the previous batch is stored while this one computes
-                host = torch.stack(feats).to(torch.float16).to("cpu", non_blocking=True)
+                host = torch.stack(feats)[:, :b].to(torch.float16).to("cpu", non_blocking=True)
                 done_evt = torch.cuda.Event() if device == "cuda" else None
                 if done_evt is not None:
                     done_evt.record()

@@ -199,6 +199,9 @@ def test_resume_skips_done_slides_and_mismatch_refuses(patch_wd):
         run_embed(patch_wd, _cfg(views=2), progress=False)
     with pytest.raises(ArtifactError, match="weights"):
         run_embed(patch_wd, _cfg(seed=1), progress=False)
+    artifacts.write_json(patch_wd.stage_manifest("tile"), {"params": {"patches": 35}})
+    with pytest.raises(ArtifactError, match="tile"):  # re-tiled: the stored features are stale
+        run_embed(patch_wd, _cfg(), progress=False)
     res = run_embed(patch_wd, _cfg(views=2, overwrite=True), progress=False)
     assert res.slides_embedded == 3 and feature_manifest(patch_wd, "resnet18")["params"]["views"] == 2
 
