@@ -150,4 +150,8 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
     assert "roc_auc" in res.output and (wd.run_dir("cli") / "fold_1" / "model.pt").exists()
     res = runner.invoke(app, [*args[:-2], "--name", "cli2", "--fusion", "fancy"])
     assert res.exit_code == 1 and "unknown fusion 'fancy'" in res.output
+    # the written config repeats the run: same parameters -> recognised as done
+    written = wd.run_dir("cli") / "config.yaml"
+    res = runner.invoke(app, ["train", "-w", str(wd.root), "--config", str(written)])
+    assert res.exit_code == 0 and "already exists" in res.output, res.output
     assert torch.get_num_threads() >= 1

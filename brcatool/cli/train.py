@@ -71,6 +71,9 @@ def train(
                                        rich_help_panel=_CV)] = 5,
     repeats: Annotated[int, typer.Option("--repeats", help="Repetitions of the K-fold split.",
                                          rich_help_panel=_CV)] = 1,
+    val_frac: Annotated[float, typer.Option(
+        "--val-frac", help="Share of each training fold held out for early stopping and threshold tuning.",
+        rich_help_panel=_CV)] = 0.2,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
     name: Annotated[str | None, typer.Option(
         "--name", help="Run name (folder under runs/).", show_default="<fusion>-<aggregator>-<time>")] = None,
@@ -88,7 +91,8 @@ def train(
         lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience, hidden=hidden,
         dropout=dropout, heads=heads, gene_tokens=gene_tokens, xattn_dir=xattn_dir,
         patch_dropout=patch_dropout, pos_weight=pos_weight, missing=missing,
-        modality_dropout=modality_dropout, threshold=threshold, device=device, name=name, seed=seed,
+        modality_dropout=modality_dropout, threshold=threshold, val_frac=val_frac, device=device, name=name,
+        seed=seed,
         overwrite=overwrite,
     )
     result = run_train(workdir, cfg, progress=not quiet)
