@@ -138,7 +138,7 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- metrics
 def fold_metrics(oof: Any, classes: list[str]) -> list[dict[str, Any]]:
     """``eval_metrics`` of every (repeat, fold) of an oof table."""
-    from brcatool.training import oof_probs
+    from brcatool.prediction import oof_probs
 
     out = []
     for (r, k), part in sorted(oof.group_by(["repeat", "fold"]), key=lambda g: g[0]):
@@ -160,7 +160,7 @@ def summarise(per_fold: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
 
 def pooled_metrics(oof: Any, classes: list[str]) -> dict[str, float]:
     """Metrics of all out-of-fold rows of each repeat, averaged over repeats."""
-    from brcatool.training import oof_probs
+    from brcatool.prediction import oof_probs
 
     rows = [M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy())
             for _, part in sorted(oof.group_by("repeat"), key=lambda g: g[0])]
@@ -169,7 +169,7 @@ def pooled_metrics(oof: Any, classes: list[str]) -> dict[str, float]:
 
 
 def _ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
-    from brcatool.training import oof_probs
+    from brcatool.prediction import oof_probs
 
     return M.bootstrap_ci(table["target"].to_numpy(), oof_probs(table, classes),
                           pred=table["pred"].to_numpy(), groups=np.asarray(table["patient_id"].to_list()),
@@ -178,7 +178,7 @@ def _ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tup
 
 def _curves(table: Any, classes: list[str], out: Path, label: str) -> list[Path]:
     from brcatool import plots
-    from brcatool.training import oof_probs
+    from brcatool.prediction import oof_probs
 
     y, probs, pred = table["target"].to_numpy(), oof_probs(table, classes), table["pred"].to_numpy()
     return [plots.pr_curve(y, probs, classes, out / "pr_curve.png", title=f"Precision-recall: {label}"),
@@ -204,7 +204,7 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
         out_dir = run_dir / "eval"
     params = {**cfg.params(), "run": run_dir.name}
     manifest = Manifest("evaluate", params)
-    from brcatool.training import fold_model_paths
+    from brcatool.prediction import fold_model_paths
 
     inputs = [run_dir / "oof.parquet", *fold_model_paths(run_dir)]
     if other is not None:
@@ -279,7 +279,7 @@ def _evaluate_oof(wd: Workdir, run_dir: Path, out_dir: Path, info: dict[str, Any
                                                    out_dir / "plots" / "training_curves.png",
                                                    title=f"Training: {run_dir.name}"))
     if cfg.attention and info["has_attention"]:
-        from brcatool.training import predict
+        from brcatool.prediction import predict
 
         preds = predict(run_dir, wd, mode="oof", attention=True, device=cfg.device)
         _export_attention(wd, preds.attention, out_dir, cfg, res, progress)
@@ -293,7 +293,7 @@ def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[
                        cfg: EvaluateConfig, progress: bool) -> EvaluateResult:
     import polars as pl
 
-    from brcatool.training import fold_model_paths, load_fold_model, predict
+    from brcatool.prediction import fold_model_paths, load_fold_model, predict
 
     classes = info["classes"]
     preds = predict(run_dir, other, mode="ensemble", attention=cfg.attention and info["has_attention"],
@@ -301,7 +301,7 @@ def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[
     table = preds.table
     if table.height == 0:
         raise ArtifactError("has no patients with the modalities the run's models need", path=other.root)
-    from brcatool.training import oof_probs
+    from brcatool.prediction import oof_probs
 
     pooled = M.eval_metrics(table["target"].to_numpy(), oof_probs(table, classes),
                             pred=table["pred"].to_numpy())
