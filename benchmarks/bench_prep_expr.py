@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import Clock  # benchmarks/ is on sys.path when run as a script
 
 GENES, SAMPLES = 20_000, 1_100
 ROOT = Path(__file__).resolve().parent.parent / "bench-work" / "prep_expr"
@@ -43,21 +43,6 @@ def make_table(root: Path) -> tuple[Path, Path]:
     subtypes = rng.choice(["BRCA.LumA", "BRCA.LumB", "BRCA.Her2", "BRCA.Basal", "BRCA.Normal"], SAMPLES)
     pl.DataFrame({"patient_id": patients, "PAM50": subtypes}).write_csv(clin, separator="\t")
     return expr, clin
-
-
-class Clock:
-    """Wall and CPU seconds of a block."""
-
-    def __enter__(self) -> Clock:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-
-    def __str__(self) -> str:
-        return f"{self.wall:6.2f} s wall ({self.cpu:5.2f} s CPU)"
 
 
 def main() -> int:

@@ -12,26 +12,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import Clock  # benchmarks/ is on sys.path when run as a script
 
 PATIENTS, PATCHES, DIM, GENES = 1_000, 35, 2_048, 2_000
 ROOT = Path(__file__).resolve().parent.parent / "bench-work" / "train"
-
-
-class Clock:
-    def __enter__(self) -> Clock:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-
-    def __str__(self) -> str:
-        return f"{self.wall:7.1f} s wall ({self.cpu:6.1f} s CPU)"
 
 
 def prepare() -> Path:

@@ -47,11 +47,11 @@ class AblateConfig:
     encoder: str | None = None
     folds: int = 5
     repeats: int = 1
-    epochs: int = 40
+    epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-2
     batch_size: int = 32
-    patience: int = 8
+    patience: int = 6
     hidden: int = 128
     dropout: float = 0.25
     heads: int = 4

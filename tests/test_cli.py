@@ -105,3 +105,59 @@ def test_bad_config_on_a_real_stage(tmp_path):
     cfg.write_text("tile: [oops\n")
     result = runner.invoke(app, ["tile", "--config", str(cfg)])
     assert result.exit_code == 1 and "not valid YAML" in result.output
+
+
+STAGE_CONFIGS = {
+    "tile": ("brcatool.tiling", "TileConfig"),
+    "embed": ("brcatool.embedding", "EmbedConfig"),
+    "prep-expr": ("brcatool.expression", "PrepExprConfig"),
+    "train": ("brcatool.training", "TrainConfig"),
+    "evaluate": ("brcatool.evaluation", "EvaluateConfig"),
+    "ablate": ("brcatool.ablation", "AblateConfig"),
+}
+
+
+#: CLI options left unset by default on purpose (e.g. to tell "--mpp given" from "--magnification given").
+UNSET_ON_PURPOSE = {("tile", "mpp")}
+
+
+def _default(value):
+    value = getattr(value, "value", value)  # Enum choices
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return None if value is None else str(value)
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_CONFIGS))
+def test_cli_defaults_equal_the_library_config_defaults(name):
+    """The CLI and the Python API must not drift apart: same option, same default."""
+    import dataclasses
+    import importlib
+
+    module, cls = STAGE_CONFIGS[name]
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    command = typer.main.get_command(app).commands[name]
+    compared = 0
+    for param in command.params:
+        field = fields.get(param.name)
+        if field is None or param.name in {"seed", "overwrite"} or (name, param.name) in UNSET_ON_PURPOSE:
+            continue
+        lib = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        if isinstance(lib, (list, tuple)) and not lib and param.default in (None, (), []):
+            continue
+        assert _default(param.default) == _default(lib), f"{name} --{param.name}"
+        compared += 1
+    assert compared >= 3
+
+
+def test_ablate_trains_with_the_same_defaults_as_train():
+    import dataclasses
+
+    from brcatool.ablation import AblateConfig
+    from brcatool.training import TrainConfig
+
+    train = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    shared = [f for f in dataclasses.fields(AblateConfig) if f.name in train and f.name != "name"]
+    assert len(shared) >= 10
+    for f in shared:
+        assert f.default == train[f.name], f.name

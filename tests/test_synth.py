@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from brcatool.cli.app import app
 from brcatool.errors import InputError
+from brcatool.expression import PAM50_GENES
 from brcatool.synth import CohortFiles, make_cohort
-from brcatool.synth.names import PAM50_GENES, assign_subtypes
+from brcatool.synth.names import assign_subtypes
 from brcatool.synth.slides import SlideSpec, write_slide
 
 SMALL = dict(slide_size=(1024, 768), genes=200, progress=False)

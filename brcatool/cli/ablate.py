@@ -46,7 +46,7 @@ def ablate(
     run_plots: Annotated[bool, typer.Option(
         "--run-plots/--no-run-plots", help="Also write each model's evaluate figures.")] = True,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs per fold.",
-                                        rich_help_panel=_TRAIN)] = 40,
+                                        rich_help_panel=_TRAIN)] = 30,
     folds: Annotated[int, typer.Option("--folds", help="K of the saved K-fold split.",
                                        rich_help_panel=_TRAIN)] = 5,
     repeats: Annotated[int, typer.Option("--repeats", help="Repetitions of the split.",
@@ -55,7 +55,7 @@ def ablate(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patients per step.",
                                             rich_help_panel=_TRAIN)] = 32,
     patience: Annotated[int, typer.Option("--patience", help="Early-stopping patience.",
-                                          rich_help_panel=_TRAIN)] = 8,
+                                          rich_help_panel=_TRAIN)] = 6,
     hidden: Annotated[int, typer.Option("--hidden", help="Embedding width.", rich_help_panel=_TRAIN)] = 128,
     heads: Annotated[int, typer.Option("--heads", help="Cross-attention heads.", rich_help_panel=_TRAIN)] = 4,
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout rate.", rich_help_panel=_TRAIN)] = 0.25,

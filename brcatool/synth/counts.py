@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brcatool.synth.names import PAM50_GENES
+from brcatool.expression import PAM50_GENES
 
 #: Gene programmes of the PAM50 biology, in the spirit of Parker et al. (2009).
 PROGRAMMES: dict[str, tuple[str, ...]] = {

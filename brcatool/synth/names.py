@@ -6,15 +6,6 @@ import uuid
 
 import numpy as np
 
-#: The 50 genes of the PAM50 classifier (Parker et al. 2009), by their official symbols.
-PAM50_GENES: tuple[str, ...] = (
-    "ACTR3B", "ANLN", "BAG1", "BCL2", "BIRC5", "BLVRA", "CCNB1", "CCNE1", "CDC20", "CDC6",
-    "CDH3", "CENPF", "CEP55", "CXXC5", "EGFR", "ERBB2", "ESR1", "EXO1", "FGFR4", "FOXA1",
-    "FOXC1", "GPR160", "GRB7", "KIF2C", "KRT14", "KRT17", "KRT5", "MAPT", "MDM2", "MELK",
-    "MIA", "MKI67", "MLPH", "MMP11", "MYBL2", "MYC", "NAT1", "NDC80", "NUF2", "ORC6",
-    "PGR", "PHGDH", "PTTG1", "RRM2", "SFRP1", "SLC39A6", "TMEM45B", "TYMS", "UBE2C", "UBE2T",
-)
-
 #: PAM50 subtypes and their approximate share in TCGA-BRCA.
 SUBTYPES: tuple[str, ...] = ("LumA", "LumB", "Her2", "Basal", "Normal")
 PROPORTIONS: tuple[float, ...] = (0.45, 0.20, 0.09, 0.18, 0.08)
