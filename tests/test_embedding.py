@@ -16,8 +16,6 @@ from brcatool.cli.app import app
 from brcatool.embedding import (
     REGISTRY,
     EmbedConfig,
-    Macenko,
-    augment,
     build_encoder,
     feature_identity,
     feature_manifest,
@@ -25,7 +23,6 @@ from brcatool.embedding import (
     imagenet_cache_file,
     resolve_weights,
     run_embed,
-    view_params,
 )
 from brcatool.errors import ArtifactError, InputError, OfflineError
 from brcatool.synth.patches import make_patch_workdir
@@ -112,41 +109,6 @@ def test_weights_path_checks_the_architecture(tmp_path):
         build_encoder(spec, resolve_weights(spec, str(bad), seed=0))
     with pytest.raises(InputError, match="not found"):
         resolve_weights(spec, str(tmp_path / "missing.pt"), seed=0)
-
-
-def test_augment_identity_rotation_and_jitter():
-    x = torch.rand(3, 3, 8, 8)
-    ident = torch.tensor([[1, 1, 1, 0, 0]] * 3, dtype=torch.float32)
-    assert torch.allclose(augment(x, ident), x, atol=1e-5)
-    rot = ident.clone()
-    rot[1, 4] = 1  # rotate sample 1 only
-    y = augment(x, rot)
-    assert torch.allclose(y[1], torch.rot90(x[1], 1, dims=(1, 2)), atol=1e-5)
-    assert torch.allclose(y[0], x[0], atol=1e-5)
-    p = torch.from_numpy(view_params(0, "slide", 1, 3))
-    assert p.shape == (3, 5) and not torch.allclose(augment(x, p), x, atol=1e-3)
-    assert np.array_equal(view_params(0, "slide", 1, 3), view_params(0, "slide", 1, 3))
-    assert not np.array_equal(view_params(0, "slide", 1, 3), view_params(0, "slide", 2, 3))
-
-
-def test_macenko_maps_another_stain_and_strength_onto_the_reference():
-    rng = np.random.default_rng(0)
-    conc = rng.uniform(0.2, 1.2, (1024, 2))  # per-pixel H and E amounts
-
-    def stained(he: list[list[float]], c: np.ndarray) -> np.ndarray:
-        return np.clip(240 * np.exp(-c @ np.asarray(he).T), 0, 255).reshape(32, 32, 3).astype(np.uint8)
-
-    ref = stained([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]], conc)
-    other = stained([[0.55, 0.20], [0.80, 0.90], [0.25, 0.35]], conc * 1.4)  # other lab, darker
-    norm = Macenko.fit(ref)
-    before = np.abs(other.astype(float) - ref).mean()
-    assert before > 20
-    assert np.abs(norm(other).astype(float) - ref).mean() < 2
-    assert np.abs(norm(ref).astype(float) - ref).mean() < 2
-    blank = np.full((16, 16, 3), 250, np.uint8)
-    assert np.array_equal(norm(blank), blank)  # no tissue: untouched
-    with pytest.raises(InputError, match="too little tissue"):
-        Macenko.fit(blank)
 
 
 def test_embed_store_views_determinism_and_index(patch_wd, tmp_path):
