@@ -128,6 +128,11 @@ def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: 
     which patients have slides. Patients come from ``labels.parquet``.
     """
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    if wd.labels_table.exists() and not wd.stage_manifest("prep-expr").exists():
+        # prep-expr removes its manifest before rewriting its tables and writes it last
+        raise ArtifactError("prep-expr did not finish: its tables may be half replaced",
+                            path=wd.stage_manifest("prep-expr"),
+                            fix=f"re-run `brcatool prep-expr -w {wd.root} ...` (with --overwrite)")
     labels = artifacts.read_parquet(wd.labels_table, schema="labels", made_by=f"prep-expr -w {wd.root}")
     labels = labels.sort("patient_id")
     if labels["patient_id"].n_unique() != labels.height:

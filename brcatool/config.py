@@ -34,6 +34,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise InputError("config file not found", path=path, fix="check the --config path") from None
     except OSError as exc:
         raise InputError(f"cannot read config file ({exc.strerror})", path=path) from None
+    except UnicodeDecodeError:
+        raise InputError("is not a text (UTF-8) file", path=path, fix="pass a YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -298,8 +298,13 @@ def load_panel(spec: str) -> list[str]:
     if not path.is_file():
         raise InputError("gene panel file not found", path=path,
                          fix="pass --genes pam50 or a file with one gene id per line")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError("gene panel file is not text (UTF-8)", path=path,
+                         fix="pass a plain-text file with one gene id per line") from None
     genes = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         token = re.split(r"[,\t]", line.strip(), maxsplit=1)[0].strip()
         if token and not token.startswith("#"):
             genes.append(clean_gene_id(token))

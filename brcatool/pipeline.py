@@ -24,10 +24,14 @@ class DemoConfig:
     encoder: str = "resnet50"
     weights: str = "random"  # offline: no ImageNet download; the stage warns about it
     folds: int = 5
-    epochs: int = 30
+    # ~40 training patients make 1-2 optimiser steps per epoch: train longer than the defaults,
+    # which are sized for TCGA-scale cohorts
+    epochs: int = 60
+    patience: int = 15
     fusion: str = "xattn"
     bootstrap: int = 500
     seed: int = 0
+    overwrite: bool = False  # replace outputs of an earlier demo made with other parameters
 
 
 @dataclass
@@ -70,20 +74,22 @@ def run_demo(workdir: Path | Workdir, cfg: DemoConfig | None = None, *, progress
                            progress=progress)
 
     stage("synth", synth)
-    stage("tile", lambda: run_tile(wd, TileConfig(slides=[str(cohort_dir / "slides")], patches=cfg.patches,
-                                                  seed=cfg.seed, workers=2), progress=progress))
-    stage("embed", lambda: run_embed(wd, EmbedConfig(encoder=cfg.encoder, weights=cfg.weights,
-                                                     seed=cfg.seed), progress=progress))
-    stage("prep-expr", lambda: run_prep_expr(
-        wd, PrepExprConfig(expression=cohort_dir / "expression.tsv", clinical=cohort_dir / "clinical.tsv",
-                           seed=cfg.seed), progress=progress))
-    train = stage("train", lambda: run_train(
-        wd, TrainConfig(fusion=cfg.fusion, folds=cfg.folds, epochs=cfg.epochs, seed=cfg.seed,
-                        name=f"demo-{cfg.fusion}"), progress=progress))
-    stage("evaluate", lambda: run_evaluate(
-        wd, EvaluateConfig(run=train.name, bootstrap=cfg.bootstrap, heatmaps=True, seed=cfg.seed),
-        progress=progress))
-    stage("ablate", lambda: run_ablate(
-        wd, AblateConfig(folds=cfg.folds, epochs=cfg.epochs, bootstrap=cfg.bootstrap, seed=cfg.seed,
-                         sanity=True, name="demo"), progress=progress))
+    seed, ow = cfg.seed, cfg.overwrite
+    tile_cfg = TileConfig(slides=[str(cohort_dir / "slides")], patches=cfg.patches, seed=seed, workers=2,
+                          overwrite=ow)
+    stage("tile", lambda: run_tile(wd, tile_cfg, progress=progress))
+    embed_cfg = EmbedConfig(encoder=cfg.encoder, weights=cfg.weights, seed=seed, overwrite=ow)
+    stage("embed", lambda: run_embed(wd, embed_cfg, progress=progress))
+    prep_cfg = PrepExprConfig(expression=cohort_dir / "expression.tsv",
+                              clinical=cohort_dir / "clinical.tsv", seed=seed)
+    stage("prep-expr", lambda: run_prep_expr(wd, prep_cfg, progress=progress, overwrite=ow))
+    train_cfg = TrainConfig(fusion=cfg.fusion, folds=cfg.folds, epochs=cfg.epochs, patience=cfg.patience,
+                            seed=seed, name=f"demo-{cfg.fusion}", overwrite=ow)
+    train = stage("train", lambda: run_train(wd, train_cfg, progress=progress))
+    eval_cfg = EvaluateConfig(run=train.name, bootstrap=cfg.bootstrap, heatmaps=True, seed=seed,
+                              overwrite=ow)
+    stage("evaluate", lambda: run_evaluate(wd, eval_cfg, progress=progress))
+    ablate_cfg = AblateConfig(folds=cfg.folds, epochs=cfg.epochs, patience=cfg.patience,
+                              bootstrap=cfg.bootstrap, seed=seed, sanity=True, name="demo", overwrite=ow)
+    stage("ablate", lambda: run_ablate(wd, ablate_cfg, progress=progress))
     return out

@@ -105,6 +105,24 @@ def test_bad_config_on_a_real_stage(tmp_path):
     cfg.write_text("tile: [oops\n")
     result = runner.invoke(app, ["tile", "--config", str(cfg)])
     assert result.exit_code == 1 and "not valid YAML" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_binary_config_is_one_line(tmp_path):
+    cfg = tmp_path / "weights.yaml"
+    cfg.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    result = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert result.exit_code == 1 and "not a text (UTF-8) file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, ["synth", str(blocker / "cohort"), "--patients", "1", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "fix:" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 STAGE_CONFIGS = {

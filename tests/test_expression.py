@@ -165,6 +165,10 @@ def test_gene_panel(tmp_path):
     assert load_panel(str(panel)) == ["ESR1", "ENSG00000141736", "NOPE"]
     idx, missing = panel_columns(["esr1", "ORC6L", "TP53"], ["ESR1", "ORC6", "MKI67"])
     assert idx == [0, 1] and missing == ["MKI67"]
+    binary = tmp_path / "panel.bin"
+    binary.write_bytes(b"\xff\xfe\x00GENE")
+    with pytest.raises(InputError, match="not text"):
+        load_panel(str(binary))
 
 
 # --------------------------------------------------------------------------- recipe

@@ -35,6 +35,10 @@ def report_errors(fn: F) -> F:
             raise fail(exc.one_line(), code=2) from None
         except BrcaError as exc:
             raise fail(exc.one_line()) from None
+        except OSError as exc:  # unwritable workdir, full disk, vanished file: the user's to fix
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc} (fix: check the path, its permissions and "
+                       "free disk space)") from None
         except KeyboardInterrupt:
             raise fail("interrupted; finished outputs are kept, re-run the same command to resume",
                        code=130) from None

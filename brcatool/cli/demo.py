@@ -6,7 +6,15 @@ from typing import Annotated, Any
 
 import typer
 
-from brcatool.cli.common import QuietOpt, SeedOpt, WorkdirOpt, console, report_errors
+from brcatool.cli.common import (
+    ConfigOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    WorkdirOpt,
+    console,
+    report_errors,
+)
 from brcatool.pipeline import DemoConfig
 
 
@@ -17,15 +25,20 @@ def demo(
         "--patients", "-n", help="Synthetic patients.")] = DemoConfig.patients,
     patches: Annotated[int, typer.Option("--patches", help="Patches per patient.")] = DemoConfig.patches,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs per fold.")] = DemoConfig.epochs,
+    patience: Annotated[int, typer.Option(
+        "--patience", help="Early-stopping patience (epochs).")] = DemoConfig.patience,
+    config: ConfigOpt = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate a synthetic TCGA-like cohort and run every stage on it (resumes if re-run)."""
     from pathlib import Path
 
     from brcatool.pipeline import run_demo
 
-    cfg = DemoConfig(patients=patients, patches=patches, epochs=epochs, seed=seed)
+    cfg = DemoConfig(patients=patients, patches=patches, epochs=epochs, patience=patience, seed=seed,
+                     overwrite=overwrite)
 
     def report(name: str, result: Any) -> None:
         if quiet:

@@ -146,6 +146,9 @@ def make_prepared_workdir(
     artifacts.write_parquet(pl.DataFrame({
         "patient_id": pids, "has_expression": has_e, "has_slides": has_s, "has_label": [True] * patients,
         "included": [a or b for a, b in zip(has_e, has_s, strict=True)]}), wd.cohort_table, schema="cohort")
+    # written last, as prep-expr does: train trusts expression/labels only once this exists
+    Manifest("prep-expr", {"synthetic": True, "task": task, "seed": seed}).write(
+        wd.stage_manifest("prep-expr"), counts={"patients": patients})
     return PreparedWorkdir(workdir=wd, patient_ids=pids, classes=names,
                            targets={p: int(t) for p, t in zip(pids, target, strict=True)},
                            encoder=encoder, genes=gnames, n_slides=len(index_rows),
