@@ -179,3 +179,15 @@ def test_ablate_trains_with_the_same_defaults_as_train():
     assert len(shared) >= 10
     for f in shared:
         assert f.default == train[f.name], f.name
+
+
+def test_importing_the_package_and_cli_stays_light():
+    """`brcatool --help` must not pay for torch, openslide or zarr: stages import them lazily."""
+    import subprocess
+    import sys
+
+    code = ("import sys, brcatool, brcatool.cli.app; "
+            "heavy = [m for m in ('torch', 'openslide', 'zarr', 'sklearn', 'cv2') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
