@@ -219,7 +219,8 @@ def _qc_base(thumb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _failed(entry: slides.SlideEntry, exc: BaseException, t0: float) -> dict[str, Any]:
-    msg = exc.message if isinstance(exc, BrcaError) else f"{type(exc).__name__}: {exc}"
+    msg = (f"{exc.message} (fix: {exc.fix})" if exc.fix else exc.message) if isinstance(exc, BrcaError) \
+        else f"{type(exc).__name__}: {exc}"  # the fix too: the CLI prints this column
     return {"slide_id": entry.slide_id, "status": "failed", "error": " ".join(msg.split())[:300],
             "width": None, "height": None, "mpp": None, "n_candidates": 0,
             "seconds": time.perf_counter() - t0}

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from brcatool import artifacts
 from brcatool.ablation import AblateConfig, run_ablate
 from brcatool.cli.app import app
+from brcatool.cohort import load_splits
 from brcatool.errors import ArtifactError
 from brcatool.synth import make_prepared_workdir
 
@@ -91,11 +92,38 @@ def test_sanity_permutation_lands_near_chance(ablated) -> None:
 
 def test_rerun_reuses_runs_and_other_params_refuse(prepared, ablated) -> None:
     cfg = AblateConfig(fusions=["gene", "image", "xattn"], sanity=True, name="t", **FAST)
+    runs_root = prepared.workdir.runs_dir
+
+    def models() -> dict:
+        return {p: p.stat().st_mtime_ns for d in ablated.runs.values() for p in d.glob("fold_*/model.pt")}
+
+    before, dirs = models(), sorted(p.name for p in runs_root.iterdir())
+    assert len(before) == 5 * 3  # 5 runs x 3 folds
     again = run_ablate(prepared.workdir, cfg, progress=False)
-    assert again.seconds < ablated.seconds
+    # nothing was trained again: the same run folders, every fold model untouched
+    assert again.runs == ablated.runs and sorted(p.name for p in runs_root.iterdir()) == dirs
+    assert models() == before
     assert again.summary.equals(ablated.summary)
     with pytest.raises(ArtifactError, match="other parameters"):
         run_ablate(prepared.workdir, AblateConfig(**{**cfg.__dict__, "epochs": 3}), progress=False)
+
+
+def test_two_aggregators_give_one_image_row_each_on_the_saved_split(prepared) -> None:
+    tiny = {**FAST, "epochs": 2, "bootstrap": 0, "plots": False}
+    cfg = AblateConfig(fusions=["gene", "image"], aggregators=["mean", "abmil"], name="aggs", **tiny)
+    res = run_ablate(prepared.workdir, cfg, progress=False)
+    rows = {r["model"]: r for r in res.summary.to_dicts()}
+    assert list(rows) == ["gene", "image-mean", "image-abmil"]
+    assert rows["image-mean"]["aggregator"] == "mean" and rows["image-abmil"]["aggregator"] == "abmil"
+    assert rows["image-mean"]["run"] != rows["image-abmil"]["run"]
+    saved = json.loads(prepared.workdir.splits.read_text())
+    fold_of = {a["patient_id"]: a["fold"] for a in saved["assignments"] if a["repeat"] == 0}
+    assert set(res.runs) == set(rows)
+    for label, run_dir in res.runs.items():
+        oof = artifacts.read_parquet(run_dir / "oof.parquet", schema="oof")
+        assert dict(oof.select("patient_id", "fold").iter_rows()) == fold_of, label
+        assert artifacts.read_json(run_dir / "splits_ref.json")["sha256"] == res.split_sha256, label
+    assert res.split_sha256 == load_splits(prepared.workdir.splits).sha256()
 
 
 def test_cli(prepared) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from brcatool import artifacts, stores
 from brcatool.artifacts import Workdir
-from brcatool.cohort import get_splits, load_cohort, load_splits, make_splits
+from brcatool.cohort import get_splits, load_cohort, load_splits, make_splits, save_splits
 from brcatool.errors import ArtifactError, InputError
 from brcatool.synth import make_prepared_workdir
 
@@ -56,6 +56,36 @@ def test_split_is_stratified_and_complete(prepared) -> None:
                 assert abs((c.targets[va] == cls).sum() - expected) <= 1
     assert not np.array_equal(s.fold[0], s.fold[1])
     assert np.array_equal(make_splits(c, folds=3, repeats=2, seed=1).fold, s.fold)
+
+
+def test_split_keeps_each_patients_slides_in_one_fold(prepared, tmp_path: Path) -> None:
+    c = load_cohort(prepared.workdir)
+    s = make_splits(c, folds=3, repeats=2, seed=1)
+    saved = artifacts.read_json(save_splits(s, tmp_path / "splits.json"))
+    index = artifacts.read_parquet(prepared.workdir.features_index("synthetic"), schema="features")
+    slide_patient = dict(index.select("slide_id", "patient_id").iter_rows())
+    per_patient = index.group_by("patient_id").len()
+    assert per_patient["len"].max() == 2 and (per_patient["len"] == 2).sum() >= 10  # the fixture's 2 slides
+    for r in range(2):
+        rows = [a for a in saved["assignments"] if a["repeat"] == r]
+        assert sorted(a["patient_id"] for a in rows) == c.patient_ids  # each patient once per repeat
+        slide_fold = {sid: [a["fold"] for a in rows if a["patient_id"] == pid]
+                      for sid, pid in slide_patient.items()}
+        assert all(len(f) == 1 for f in slide_fold.values())  # no patient in two folds of one repeat
+        patient_folds: dict[str, set[int]] = {}
+        for sid, (k,) in slide_fold.items():
+            patient_folds.setdefault(slide_patient[sid], set()).add(k)
+        assert all(len(f) == 1 for f in patient_folds.values())  # a patient's slides share one fold
+        # what training sees: the slides behind validation and training patients never overlap
+        for k in range(3):
+            tr, va = s.indices(r, k)
+
+            def slides_of(rows: np.ndarray) -> set[str]:
+                return {c.slide_ids[j] for i in rows for j in c.patch_slide[i][c.mask[i]]}
+
+            va_slides, tr_slides = slides_of(va), slides_of(tr)
+            assert va_slides and tr_slides and not va_slides & tr_slides
+            assert {slide_patient[x] for x in va_slides} == {c.patient_ids[i] for i in va if c.has_img[i]}
 
 
 def test_split_is_saved_reused_and_stale_refused(tmp_path: Path) -> None:

@@ -145,6 +145,23 @@ def test_embed_store_views_determinism_and_index(patch_wd, tmp_path):
     assert (patch_wd.features_dir("resnet18") / "config.yaml").is_file()
 
 
+def test_bf16_on_cpu_gives_finite_float16_features(patch_wd, tmp_path):
+    res = run_embed(patch_wd, _cfg(precision="bf16", input_size=32), progress=False)
+    assert res.precision == "bf16" and feature_manifest(patch_wd, "resnet18")["params"]["precision"] == "bf16"
+    feats = _features(patch_wd)
+    assert sorted(f.shape[1] for f in feats.values()) == sorted(COUNTS)
+    for f in feats.values():
+        assert f.dtype == np.float16 and f.shape == (1, f.shape[1], 512) and np.isfinite(f).all()
+    # the same patches in fp32: close (bf16 keeps ~3 digits), but not bit-equal, so autocast was on
+    ref_wd = make_patch_workdir(tmp_path / "fp32", slides=3, patches=COUNTS, size=64, seed=1)
+    run_embed(ref_wd, _cfg(precision="fp32", input_size=32), progress=False)
+    ref = _features(ref_wd)
+    assert any(not np.array_equal(feats[s], ref[s]) for s in ref)
+    for s in ref:
+        a, b = feats[s].astype(np.float64).ravel(), ref[s].astype(np.float64).ravel()
+        assert np.corrcoef(a, b)[0, 1] > 0.99
+
+
 def test_resume_skips_done_slides_and_mismatch_refuses(patch_wd):
     run_embed(patch_wd, _cfg(), progress=False)
     before = _features(patch_wd)

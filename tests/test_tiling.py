@@ -199,6 +199,57 @@ def test_resume_skips_finished_and_redoes_missing(tiled, tmp_path: Path) -> None
     assert more.n_skipped == 0 and more.n_patches > before.height
 
 
+def test_magnification_20_equals_mpp_half(tiled, tmp_path: Path) -> None:
+    files, cfg, wd, _ = tiled
+    _, ref = _tables(wd)
+    # --magnification wins over --mpp: 20x means 0.5 µm/px, whatever mpp says
+    mag = dataclasses.replace(cfg, slides=[str(files.slides_dir)], magnification=20.0, mpp=2.0)
+    run_tile(tmp_path / "m", mag, progress=False)
+    _, got = _tables(Workdir(tmp_path / "m"))
+    assert got["mpp"].unique().to_list() == [pytest.approx(0.5)]
+    cols, key = ("slide_id", "patch_index", "x", "y", "level"), ("slide_id", "patch_index")
+    assert got.select(cols).sort(key).equals(ref.select(cols).sort(key))
+
+
+def test_spread_sampling_keeps_budget_tissue_and_determinism(tiled, tmp_path: Path) -> None:
+    files, _, wd0, _ = tiled
+    cfg = TileConfig(slides=[str(files.slides_dir)], patches=BUDGET, sampling="spread", seed=5)
+    result = run_tile(tmp_path / "a", cfg, progress=False)
+    slides_df, patches_df = _tables(Workdir(tmp_path / "a"))
+    ok = slides_df.filter(pl.col("status") == "ok")
+    per_patient = ok.group_by("patient_id").agg(pl.col("n_patches").sum(), pl.col("n_candidates").sum())
+    assert per_patient.height >= 2
+    for row in per_patient.iter_rows(named=True):
+        assert row["n_patches"] == min(BUDGET, row["n_candidates"])
+    assert result.n_patches == patches_df.height > 0
+    truth = {s.slide_id: s.truth_mask for s in files.slides}
+    ds = files.truth_downsample
+    for row in patches_df.iter_rows(named=True):
+        mask = cv2.imread(str(truth[row["slide_id"]]), cv2.IMREAD_GRAYSCALE) > 0
+        x0, y0 = row["x"] // ds, row["y"] // ds
+        assert mask[y0: y0 + 256 // ds, x0: x0 + 256 // ds].mean() >= 0.5
+    # seeded: the same picks on a re-run, and other picks than the random draw with that seed
+    run_tile(tmp_path / "b", cfg, progress=False)
+    _, again = _tables(Workdir(tmp_path / "b"))
+    assert again.select("slide_id", "x", "y").equals(patches_df.select("slide_id", "x", "y"))
+    _, randomly = _tables(wd0)
+    assert not randomly.select("slide_id", "x", "y").equals(patches_df.select("slide_id", "x", "y"))
+
+
+def test_slide_without_mpp_fails_alone_and_names_the_fallback(cohort, tmp_path: Path) -> None:
+    files, _ = cohort
+    good = next(s for s in files.slides if not s.blank)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DATA / "boxes.tiff", folder / "boxes.tiff")
+    shutil.copy(good.path, folder / Path(good.path).name)
+    result = run_tile(tmp_path / "w", TileConfig(slides=[str(folder)], patches=BUDGET), progress=False)
+    rows = {r["slide_id"]: r for r in result.rows}
+    assert rows["boxes"]["status"] == "failed" and "mpp-fallback" in rows["boxes"]["error"]
+    assert rows[good.slide_id]["status"] == "ok" and rows[good.slide_id]["n_patches"] > 0
+    assert result.n_patches == rows[good.slide_id]["n_patches"]
+
+
 def test_table_input_mpp_fallback_and_all(cohort, tmp_path: Path) -> None:
     files, _ = cohort
     shutil.copy(DATA / "boxes.tiff", tmp_path / "boxes.tiff")

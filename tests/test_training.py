@@ -146,7 +146,15 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["train", "-w", str(wd.root), "--fusion", "image", "--aggregator", "mean", "--folds", "2",
             "--epochs", "2", "--hidden", "8", "--name", "cli"]
-    res = runner.invoke(app, args)
+    # training a small model runs on one torch thread and restores the caller's count afterwards;
+    # start from a count it would never choose (3) so a missing restore shows
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        res = runner.invoke(app, args)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
     assert res.exit_code == 0, res.output
     assert "roc_auc" in res.output and (wd.run_dir("cli") / "fold_1" / "model.pt").exists()
     res = runner.invoke(app, [*args[:-2], "--name", "cli2", "--fusion", "fancy"])
@@ -155,4 +163,3 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
     written = wd.run_dir("cli") / "config.yaml"
     res = runner.invoke(app, ["train", "-w", str(wd.root), "--config", str(written)])
     assert res.exit_code == 0 and "already exists" in res.output, res.output
-    assert torch.get_num_threads() >= 1
