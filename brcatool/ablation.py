@@ -25,6 +25,7 @@ import numpy as np
 from brcatool import artifacts, config
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.errors import ArtifactError, InputError
+from brcatool.training import TrainConfig, TrainSettings
 
 DEFAULT_FUSIONS = ("gene", "image", "concat", "late", "xattn")
 UNIMODAL = ("gene", "image")
@@ -36,7 +37,7 @@ SANITY_KINDS = ("permuted-labels", "shuffled-images")
 
 
 @dataclass
-class AblateConfig:
+class AblateConfig(TrainSettings):
     """Options of ``brcatool ablate`` (defaults = the CLI's); training settings apply to every model."""
 
     fusions: list[str] = field(default_factory=lambda: list(DEFAULT_FUSIONS))
@@ -44,25 +45,9 @@ class AblateConfig:
     sanity: bool = False
     sanity_fusion: str | None = None  # default: xattn when run, else the last fusion
     name: str = "default"
-    encoder: str | None = None
-    folds: int = 5
-    repeats: int = 1
-    epochs: int = 30
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 32
-    patience: int = 6
-    hidden: int = 128
-    dropout: float = 0.25
-    heads: int = 4
-    missing: str = "drop"
-    threshold: str = "0.5"
     bootstrap: int = 1000
     plots: bool = True  # the ablation bar chart
     run_plots: bool = True  # each run's evaluate figures (PR, ROC, ...; ~0.5 s each)
-    device: str = "auto"
-    seed: int = 0
-    overwrite: bool = False
 
     def validate(self) -> None:
         from brcatool.models import AGGREGATORS, FUSIONS
@@ -92,15 +77,8 @@ class AblateConfig:
     def chosen_fusion(self) -> str:
         return self.sanity_fusion or ("xattn" if "xattn" in self.fusions else self.fusions[-1])
 
-    def train_config(self, fusion: str, aggregator: str, name: str) -> Any:
-        from brcatool.training import TrainConfig
-
-        return TrainConfig(
-            fusion=fusion, aggregator=aggregator, encoder=self.encoder, folds=self.folds,
-            repeats=self.repeats, epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
-            batch_size=self.batch_size, patience=self.patience, hidden=self.hidden, dropout=self.dropout,
-            heads=self.heads, missing=self.missing, threshold=self.threshold, device=self.device,
-            name=name, seed=self.seed, overwrite=self.overwrite)
+    def train_config(self, fusion: str, aggregator: str, name: str) -> TrainConfig:
+        return TrainConfig(**self.shared(), fusion=fusion, aggregator=aggregator, name=name)
 
 
 @dataclass

@@ -8,6 +8,7 @@ validation fold is touched once, for out-of-fold predictions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import math
 import os
@@ -28,11 +29,9 @@ MISSING_MODES = ("drop", "mask")
 
 
 @dataclass
-class TrainConfig:
-    """Options of ``brcatool train`` (defaults = the CLI's)."""
+class TrainSettings:
+    """Training options shared by ``train`` and ``ablate``: one definition, so they cannot drift."""
 
-    fusion: str = "xattn"
-    aggregator: str = "abmil"
     encoder: str | None = None
     folds: int = 5
     repeats: int = 1
@@ -44,18 +43,30 @@ class TrainConfig:
     hidden: int = 128
     dropout: float = 0.25
     heads: int = 4
+    missing: str = "drop"
+    threshold: str = "0.5"
+    device: str = "auto"
+    seed: int = 0
+    overwrite: bool = False
+
+    def shared(self) -> dict[str, Any]:
+        """These settings alone, to build a TrainConfig from any subclass."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainSettings)}
+
+
+@dataclass
+class TrainConfig(TrainSettings):
+    """Options of ``brcatool train`` (defaults = the CLI's)."""
+
+    fusion: str = "xattn"
+    aggregator: str = "abmil"
     gene_tokens: int = 4
     xattn_dir: str = "gene2img"
     patch_dropout: float = 0.0
     pos_weight: str = "auto"
-    missing: str = "drop"
     modality_dropout: float = 0.0
-    threshold: str = "0.5"
     val_frac: float = 0.2
-    device: str = "auto"
     name: str | None = None
-    seed: int = 0
-    overwrite: bool = False
 
     def validate(self) -> None:
         from brcatool.models import AGGREGATORS, FUSIONS

@@ -168,17 +168,19 @@ def test_cli_defaults_equal_the_library_config_defaults(name):
     assert compared >= 3
 
 
-def test_ablate_trains_with_the_same_defaults_as_train():
+def test_ablate_passes_every_training_setting_to_each_model():
     import dataclasses
 
     from brcatool.ablation import AblateConfig
-    from brcatool.training import TrainConfig
+    from brcatool.training import TrainSettings
 
-    train = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    shared = [f for f in dataclasses.fields(AblateConfig) if f.name in train and f.name != "name"]
-    assert len(shared) >= 10
-    for f in shared:
-        assert f.default == train[f.name], f.name
+    changed = {"encoder": "resnet18", "folds": 3, "repeats": 2, "epochs": 7, "lr": 0.01, "weight_decay": 0.0,
+               "batch_size": 4, "patience": 2, "hidden": 16, "dropout": 0.1, "heads": 2, "missing": "mask",
+               "threshold": "tuned", "device": "cpu", "seed": 5, "overwrite": True}
+    assert set(changed) == {f.name for f in dataclasses.fields(TrainSettings)}
+    train = AblateConfig(**changed).train_config("concat", "mean", "run-x")
+    assert {k: getattr(train, k) for k in changed} == changed
+    assert (train.fusion, train.aggregator, train.name) == ("concat", "mean", "run-x")
 
 
 def test_importing_the_package_and_cli_stays_light():
