@@ -133,3 +133,12 @@ def test_encoders_are_never_mixed(tmp_path: Path) -> None:
 def test_missing_artifacts_name_the_stage(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="prep-expr"):
         load_cohort(Workdir(tmp_path))
+
+
+def test_half_written_prep_expr_outputs_are_refused(tmp_path: Path) -> None:
+    """prep-expr removes its manifest before replacing its tables: without it, train must not trust them."""
+    prep = make_prepared_workdir(tmp_path / "wd", patients=12, patches=2, dim=4, genes=6, seed=0)
+    assert load_cohort(prep.workdir).targets.size == 12
+    prep.workdir.stage_manifest("prep-expr").unlink()
+    with pytest.raises(ArtifactError, match="prep-expr did not finish"):
+        load_cohort(prep.workdir)
