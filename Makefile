@@ -9,7 +9,6 @@ DEMO_DIR ?= demo-work
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
 # Stamp files: reinstall only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
