@@ -64,8 +64,8 @@ def warm_imports() -> None:
     """Import what the stage imports lazily, so the timings are of the work, not of imports."""
     import importlib
 
-    for name in ("cv2", "openslide", "polars", "pyarrow.parquet", "zarr", "brcatool.stores",
-                 "brcatool.tiling"):
+    for name in ("cv2", "openslide", "polars", "pyarrow.compute", "pyarrow.parquet", "rich.progress",
+                 "zarr", "zarr.codecs", "brcatool.config", "brcatool.stores", "brcatool.tiling"):
         importlib.import_module(name)
 
 

@@ -24,10 +24,13 @@ PATCH_SHARD = 64  # patches per shard file: few files, still cheap partial reads
 
 
 def _patch_codec() -> Any:
-    """zstd level 1: ~30 % smaller than raw pixels at about 70 % of the cost of zstd's default."""
-    from zarr.codecs import ZstdCodec
+    """Blosc LZ4, level 5, no shuffle (uint8): on H&E patches ~0.5 ms/patch to encode and
+    ~0.2 ms to decode, vs ~2.2 / 0.7 ms for zstd level 1, for ~0.84 vs ~0.66 of raw size.
+    Tiling then runs at about raw-read speed; any Zarr v3 reader decodes it (blosc is standard).
+    """
+    from zarr.codecs import BloscCodec
 
-    return ZstdCodec(level=1)
+    return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
 
 
 def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
