@@ -224,8 +224,9 @@ def read_expression(path: Path, *, samples_as_rows: bool | None = None) -> Expre
     if dup:
         raise InputError(f"{len(dup)} duplicate {what} id(s) in the first column, e.g. {dup[:3]}",
                          path=path, fix=f"make {what} ids unique")
-    bad = np.isinf(values)
-    if bad.any():
+    # one float64 sum (finite unless some value is NaN or infinite) before any per-cell check
+    bad = np.isinf(values) if not np.isfinite(values.sum(dtype=np.float64)) else None
+    if bad is not None and bad.any():
         r, c = np.argwhere(bad)[0]
         raise InputError(f"{int(bad.sum())} infinite value(s), first at sample {samples[r]!r}, gene "
                          f"{genes[c]!r}", path=path,
@@ -323,7 +324,7 @@ def panel_columns(genes: Sequence[str], panel: Sequence[str]) -> tuple[list[int]
 
 def looks_logged(values: np.ndarray) -> bool:
     """Negative values or a maximum <= 50 mean the data are already on a log scale."""
-    if values.size == 0 or np.isnan(values).all():
+    if values.size == 0 or (np.isnan(values.flat[0]) and np.isnan(values).all()):
         return True
     return bool(np.nanmin(values) < 0 or np.nanmax(values) <= LOGGED_MAX)
 
@@ -449,8 +450,9 @@ def prepare_expression(cfg: PrepExprConfig, warnings: list[str]):
     cols = cols[keep]
     G = V.T[np.ix_(cols, np.asarray(rows))]  # the one copy: (genes, patients), C-order
     G, logged = log_transform(G, cfg.log, path=path, inplace=True)
-    nan = np.isnan(G)
-    n_nan = int(nan.sum())
+    # the float64 sum of finite values is finite: only look for NaNs cell by cell when it is not
+    nan = np.isnan(G) if not np.isfinite(G.sum(dtype=np.float64)) else None
+    n_nan = 0 if nan is None else int(nan.sum())
     if n_nan:
         warnings.append(f"{path.name}: {n_nan} missing value(s) in kept genes set to 0 after the log")
         G[nan] = 0.0
@@ -468,7 +470,8 @@ def write_expression(path: Path, patients: Sequence[str], genes: Sequence[str], 
     import pyarrow as pa
 
     G = np.ascontiguousarray(G, dtype=np.float32)
-    arrays = [pa.array(list(patients), pa.string())] + [pa.array(row) for row in G]
+    flat, n = pa.array(G.reshape(-1)), G.shape[1]  # zero-copy; a slice per gene is cheaper than an array
+    arrays = [pa.array(list(patients), pa.string())] + [flat.slice(i * n, n) for i in range(G.shape[0])]
     table = pa.Table.from_arrays(arrays, names=["patient_id", *genes])
     return write_parquet(table, path, schema="expression", compression="snappy",
                          use_dictionary=["patient_id"], write_statistics=["patient_id"])
@@ -510,6 +513,30 @@ def alignment_counts(cohort) -> dict[str, int]:
             "included": int(cohort["included"].sum())}
 
 
+class _NoBar:
+    """Stand-in for a disabled rich progress bar (importing rich costs ~0.3 s)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _progress_bar(progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True)
+
+
 def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: bool = True,
                   overwrite: bool = False) -> PrepExprResult:
     """Write expression.parquet, labels.parquet, recipe.json and cohort.parquet for one cohort.
@@ -519,7 +546,6 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
     refreshed (slides may have been tiled since).
     """
     import polars as pl
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from brcatool.artifacts import read_json, read_parquet
     from brcatool.config import to_dict, write_yaml
@@ -549,8 +575,7 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
                               old.get("warnings", []), skipped=True, seconds=time.perf_counter() - t0)
 
     warnings: list[str] = []
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  disable=not progress, transient=True) as bar:
+    with _progress_bar(progress) as bar:
         step = bar.add_task("prep-expr: reading expression", total=4)
         patients, genes, G, counts = prepare_expression(cfg, warnings)
         bar.update(step, advance=1, description="prep-expr: reading labels")
