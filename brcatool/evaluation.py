@@ -251,7 +251,8 @@ def load_result(run_dir: Path, out_dir: Path) -> EvaluateResult:
         classes=d["classes"], n_patients=d["n_patients"], pooled=nan(d["pooled"]),
         fold_mean=nan(d["fold_mean"]), fold_sd=nan(d["fold_sd"]),
         ci={k: tuple(math.nan if x is None else float(x) for x in v) for k, v in d["ci95"].items()},
-        per_fold=d["per_fold"], plots=[out_dir / "plots" / p for p in d["plots"]],
+        per_fold=[{k: math.nan if v is None else v for k, v in f.items()} for f in d["per_fold"]],
+        plots=[out_dir / "plots" / p for p in d["plots"]],
         attention=att if att.is_file() else None, montages=d["montages"], heatmaps=d["heatmaps"],
         notes=d["notes"], bootstrap=d["bootstrap"], skipped=True, seconds=float(d.get("seconds", 0.0)))
 

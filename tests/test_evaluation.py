@@ -3,6 +3,7 @@ external cohorts, re-runs, CLI."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -113,6 +114,26 @@ def test_rerun_skips_and_other_params_refuse(prepared, evaluated) -> None:
         run_evaluate(prepared.workdir, EvaluateConfig(**{**EVAL, "bootstrap": 50}), progress=False)
     with pytest.raises(ArtifactError, match="no finished run"):
         run_evaluate(prepared.workdir, EvaluateConfig(run="nope"), progress=False)
+
+
+def test_reloaded_undefined_fold_metrics_stay_nan(prepared, evaluated) -> None:
+    """JSON stores an undefined fold metric (e.g. MCC of a one-class fold) as null; reloading it
+    must give NaN again, so ablate's paired fold differences work on a re-run."""
+    import math
+
+    from brcatool.evaluation import load_result
+
+    path = evaluated.out_dir / "metrics.json"
+    original = path.read_text()
+    body = json.loads(original)
+    body["per_fold"][0]["mcc"] = None
+    path.write_text(json.dumps(body))
+    try:
+        again = load_result(evaluated.run_dir, evaluated.out_dir)
+    finally:
+        path.write_text(original)
+    assert math.isnan(again.per_fold[0]["mcc"])
+    assert again.per_fold[1]["mcc"] == pytest.approx(evaluated.per_fold[1]["mcc"], nan_ok=True)
 
 
 def test_external_cohort_end_to_end(prepared, tmp_path: Path) -> None:
