@@ -343,7 +343,10 @@ def _schema(columns: dict[str, str]) -> Any:
 def _params(cfg: TileConfig) -> dict[str, Any]:
     from brcatool.config import to_dict
 
-    params = {k: v for k, v in to_dict(cfg).items() if k not in EXEC_ONLY}
+    # derived values only: --magnification 20 and --mpp 0.5 (or no --stride and --stride equal to
+    # --patch-size) make the same outputs, so they must not refuse each other's resume
+    params = {k: v for k, v in to_dict(cfg).items() if k not in (*EXEC_ONLY, "mpp", "magnification")}
+    params["stride"] = cfg.stride or cfg.patch_size
     params["slides"] = [str(Path(s).expanduser().resolve()) for s in cfg.slides]
     if cfg.slides_table is not None:
         params["slides_table"] = str(Path(cfg.slides_table).expanduser().resolve())

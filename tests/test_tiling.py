@@ -204,11 +204,17 @@ def test_magnification_20_equals_mpp_half(tiled, tmp_path: Path) -> None:
     _, ref = _tables(wd)
     # --magnification wins over --mpp: 20x means 0.5 µm/px, whatever mpp says
     mag = dataclasses.replace(cfg, slides=[str(files.slides_dir)], magnification=20.0, mpp=2.0)
-    run_tile(tmp_path / "m", mag, progress=False)
+    first = run_tile(tmp_path / "m", mag, progress=False)
     _, got = _tables(Workdir(tmp_path / "m"))
     assert got["mpp"].unique().to_list() == [pytest.approx(0.5)]
     cols, key = ("slide_id", "patch_index", "x", "y", "level"), ("slide_id", "patch_index")
     assert got.select(cols).sort(key).equals(ref.select(cols).sort(key))
+    # the same outputs spelled differently (--mpp 0.5, --stride = --patch-size) resume, not refuse
+    same = dataclasses.replace(mag, magnification=None, mpp=0.5, stride=mag.patch_size)
+    again = run_tile(tmp_path / "m", same, progress=False)
+    assert first.n_skipped == 0 and again.n_skipped == len(again.rows) == len(first.rows)
+    _, after = _tables(Workdir(tmp_path / "m"))
+    assert after.equals(got)
 
 
 def test_spread_sampling_keeps_budget_tissue_and_determinism(tiled, tmp_path: Path) -> None:

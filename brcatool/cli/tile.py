@@ -86,7 +86,7 @@ def tile(
     cfg = TileConfig(
         slides=[str(p) for p in slides or []],
         slides_table=str(slides_table) if slides_table is not None else None,
-        patches=patches, sampling=Sampling(sampling).value, mpp=mpp if mpp is not None else 0.5,
+        patches=patches, sampling=Sampling(sampling).value, mpp=mpp if mpp is not None else TileConfig.mpp,
         magnification=magnification, patch_size=patch_size, stride=stride, min_tissue=min_tissue,
         tissue_method=TissueMethod(tissue_method).value, min_area=min_area, mpp_fallback=mpp_fallback,
         seed=seed, workers=workers, overwrite=overwrite, strict=strict,
