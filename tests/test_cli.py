@@ -10,7 +10,14 @@ from typer.testing import CliRunner
 
 from brcatool import __version__
 from brcatool.cli.app import app
-from brcatool.cli.common import ConfigOpt, SeedOpt, WorkdirOpt, default_workdir, report_errors
+from brcatool.cli.common import (
+    ConfigOpt,
+    SeedOpt,
+    WorkdirOpt,
+    default_workdir,
+    fmt_metric,
+    report_errors,
+)
 from brcatool.errors import InputError
 
 runner = CliRunner()
@@ -44,10 +51,10 @@ def _probe_app() -> typer.Typer:
     @probe.command("one")
     @report_errors
     def one(workdir: WorkdirOpt = default_workdir(), config: ConfigOpt = None, seed: SeedOpt = 0,
-            patches: int = 35, fail: bool = False) -> None:
+            patches: int = 35, fusions: str = "gene", fail: bool = False) -> None:
         if fail:
             raise InputError("cannot read", path="slides/x.svs", fix="re-export it")
-        seen.update(workdir=workdir, seed=seed, patches=patches)
+        seen.update(workdir=workdir, seed=seed, patches=patches, fusions=fusions)
 
     @probe.command("two")
     def two(config: ConfigOpt = None, epochs: int = 10) -> None:
@@ -62,11 +69,30 @@ def test_config_values_become_defaults_and_flags_win(tmp_path):
     cfg.write_text("seed: 7\nworkdir: wd\none:\n  patches: 12\ntwo:\n  epochs: 3\n")
     probe = _probe_app()
     assert runner.invoke(probe, ["one", "--config", str(cfg)]).exit_code == 0
-    assert probe.seen == {"workdir": Path("wd"), "seed": 7, "patches": 12}
+    assert probe.seen == {"workdir": Path("wd"), "seed": 7, "patches": 12, "fusions": "gene"}
     assert runner.invoke(probe, ["one", "--config", str(cfg), "--patches", "5", "--seed", "1"]).exit_code == 0
     assert probe.seen["patches"] == 5 and probe.seen["seed"] == 1
     assert runner.invoke(probe, ["two", "--config", str(cfg)]).exit_code == 0
     assert probe.seen["epochs"] == 3
+
+
+def test_config_list_joins_for_comma_separated_option(tmp_path):
+    probe = _probe_app()
+    for text in ("fusions: [gene, image]\n", "one:\n  fusions: [gene, image]\n"):
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(text)
+        result = runner.invoke(probe, ["one", "--config", str(cfg)])
+        assert result.exit_code == 0, result.output
+        assert probe.seen["fusions"] == "gene,image"
+    # A list for a non-string option is not joined: click rejects it as it would any bad value.
+    cfg.write_text("patches: [1, 2]\n")
+    assert runner.invoke(probe, ["one", "--config", str(cfg)]).exit_code != 0
+
+
+def test_fmt_metric():
+    assert fmt_metric(None) == "n/a" and fmt_metric(float("nan")) == "n/a"
+    assert fmt_metric(0.12345) == "0.123" and fmt_metric(0.5, digits=1) == "0.5"
+    assert fmt_metric(0.25, 2, sign=True) == "+0.25" and fmt_metric(-0.25, 2, sign=True) == "-0.25"
 
 
 def test_workdir_from_environment(monkeypatch):

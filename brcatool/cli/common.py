@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -46,6 +48,31 @@ def report_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def fmt_metric(x: float | None, digits: int = 3, sign: bool = False) -> str:
+    """A metric for a table or log line: ``n/a`` when missing (None or NaN)."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _is_plain_str_option(param: Any) -> bool:
+    if getattr(param, "param_type_name", None) != "option" or getattr(param, "multiple", False):
+        return False
+    if getattr(param, "nargs", 1) != 1:
+        return False
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if annotation is None:  # an older typer: a click parameter type ("text" is click's str)
+        return getattr(getattr(param, "type", None), "name", None) == "text"
+    return annotation is str or set(typing.get_args(annotation)) == {str, type(None)}
+
+
+def _join_lists(params: dict[str, Any], name: str, val: Any) -> Any:
+    """A YAML list for a plain (single, string) option becomes its comma-separated form."""
+    if isinstance(val, list) and _is_plain_str_option(params.get(name)):
+        return ",".join(str(v) for v in val)
+    return val
+
+
 def _all_param_names(ctx: typer.Context) -> set[str]:
     root = ctx.find_root().command
     names: set[str] = set()
@@ -67,7 +94,8 @@ def _load_config(ctx: typer.Context, _param: Any, value: Path | None) -> Path | 
 
     try:
         data = load_yaml(value)
-        mine = {p.name for p in ctx.command.params if p.name}
+        params = {p.name: p for p in ctx.command.params if p.name}
+        mine = set(params)
         known = _all_param_names(ctx)
         commands = set(getattr(ctx.find_root().command, "commands", {}))
         defaults: dict[str, Any] = {}
@@ -83,9 +111,9 @@ def _load_config(ctx: typer.Context, _param: Any, value: Path | None) -> Path | 
                     if sub not in mine:
                         raise BrcaError(f"unknown option {sub_raw!r} for `{raw}`", path=value,
                                         fix=f"see `brcatool {raw} --help` for valid names")
-                    defaults[sub] = sub_val
+                    defaults[sub] = _join_lists(params, sub, sub_val)
             elif name in mine:
-                defaults.setdefault(name, val)
+                defaults.setdefault(name, _join_lists(params, name, val))
             elif name not in known:
                 raise BrcaError(f"unknown option {raw!r}", path=value,
                                 fix="use option names from `brcatool COMMAND --help`")
