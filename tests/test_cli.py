@@ -96,8 +96,8 @@ def test_fmt_metric():
 
 
 def test_workdir_from_environment(monkeypatch):
+    probe = _probe_app()  # built first: the default is fixed now, the variable is read per call
     monkeypatch.setenv("BRCATOOL_WORKDIR", "/tmp/from-env")
-    probe = _probe_app()
     assert runner.invoke(probe, ["one"]).exit_code == 0
     assert probe.seen["workdir"] == Path("/tmp/from-env")
 

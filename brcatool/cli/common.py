@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from brcatool.artifacts import DEFAULT_WORKDIR
 from brcatool.errors import BrcaError, NotBuiltError
 
 console = Console(highlight=False)
@@ -124,7 +124,8 @@ def _load_config(ctx: typer.Context, _param: Any, value: Path | None) -> Path | 
 
 
 def default_workdir() -> Path:
-    return Path(os.environ.get("BRCATOOL_WORKDIR", "brcatool-work"))
+    """The built-in workdir; ``BRCATOOL_WORKDIR`` overrides it through ``WorkdirOpt``'s envvar."""
+    return Path(DEFAULT_WORKDIR)
 
 
 WorkdirOpt = Annotated[
