@@ -297,15 +297,10 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
         return _failed(entry, exc, t0 - scan["seconds"])
     n = len(xy)
     table = pa.table({
-        "slide_id": pa.array([entry.slide_id] * n, pa.string()),
-        "patient_id": pa.array([entry.patient_id] * n, pa.string()),
-        "patch_index": pa.array(np.arange(n), pa.int64()),
-        "x": pa.array(xy[:, 0], pa.int64()), "y": pa.array(xy[:, 1], pa.int64()),
-        "level": pa.array(np.full(n, plan.level), pa.int64()),
-        "mpp": pa.array(np.full(n, plan.mpp), pa.float64()),
-        "size": pa.array(np.full(n, plan.out_size), pa.int64()),
-        "tissue_fraction": pa.array(frac, pa.float32()),
-    })
+        "slide_id": [entry.slide_id] * n, "patient_id": [entry.patient_id] * n,
+        "patch_index": np.arange(n), "x": xy[:, 0], "y": xy[:, 1], "level": np.full(n, plan.level),
+        "mpp": np.full(n, plan.mpp), "size": np.full(n, plan.out_size), "tissue_fraction": frac,
+    }, schema=arrow_schema(PATCH_COLUMNS))
     with atomic_path(parts / f"{entry.slide_id}.patches.parquet") as tmp:
         pq.write_table(table, tmp)
     base_path = parts / f"{entry.slide_id}.qc.npy"
@@ -334,7 +329,8 @@ PATCH_COLUMNS = {"slide_id": "string", "patient_id": "string", "patch_index": "i
                  "tissue_fraction": "float32"}
 
 
-def _schema(columns: dict[str, str]) -> Any:
+def arrow_schema(columns: dict[str, str]) -> Any:
+    """The pyarrow schema of SLIDE_COLUMNS or PATCH_COLUMNS (what every writer of those tables uses)."""
     import pyarrow as pa
 
     return pa.schema([(name, getattr(pa, kind)()) for name, kind in columns.items()])
@@ -525,10 +521,10 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
     for name in set(artifacts.array_names(wd.patches_zarr)) - set(with_patches):
         shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
     slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in out_rows],
-                                       schema=_schema(SLIDE_COLUMNS))
+                                       schema=arrow_schema(SLIDE_COLUMNS))
     patch_parts = [pq.ParquetFile(parts / f"{sid}.patches.parquet").read() for sid in with_patches]
-    patch_table = (pa.concat_tables(patch_parts).cast(_schema(PATCH_COLUMNS)) if patch_parts
-                   else _schema(PATCH_COLUMNS).empty_table())
+    patch_table = (pa.concat_tables(patch_parts) if patch_parts
+                   else arrow_schema(PATCH_COLUMNS).empty_table())
     artifacts.write_parquet(slide_table, wd.slides_table, schema="slides")
     artifacts.write_parquet(patch_table, wd.patches_table, schema="patches")
     write_yaml(cfg, wd.stage_manifest("tile").with_suffix(".yaml"))

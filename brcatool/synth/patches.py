@@ -43,8 +43,9 @@ def make_patch_workdir(workdir: str | Path | Workdir, *, slides: int = 3, patche
     look like TCGA's; patches are deterministic in ``seed``. ``unique`` draws only that many
     patches and cycles them (big benchmark stores in seconds, same bytes per patch).
     """
-    import polars as pl
+    import pyarrow as pa
 
+    from brcatool import tiling
     from brcatool.artifacts import write_parquet
     from brcatool.stores import write_patches
 
@@ -72,9 +73,8 @@ def make_patch_workdir(workdir: str | Path | Workdir, *, slides: int = 3, patche
                 "x": (i % 16) * size, "y": (i // 16) * size, "level": 0, "mpp": 0.5,
                 "size": size, "tissue_fraction": float(rng.uniform(0.5, 1.0)),
             })
-    write_parquet(pl.DataFrame(slide_rows, schema_overrides={"error": pl.Utf8}), wd.slides_table,
-                  schema="slides")
-    schema = {"patch_index": pl.Int64, "x": pl.Int64, "y": pl.Int64, "level": pl.Int64,
-              "size": pl.Int64, "mpp": pl.Float64, "tissue_fraction": pl.Float64}
-    write_parquet(pl.DataFrame(patch_rows, schema_overrides=schema), wd.patches_table, schema="patches")
+    write_parquet(pa.Table.from_pylist(slide_rows, schema=tiling.arrow_schema(tiling.SLIDE_COLUMNS)),
+                  wd.slides_table, schema="slides")
+    write_parquet(pa.Table.from_pylist(patch_rows, schema=tiling.arrow_schema(tiling.PATCH_COLUMNS)),
+                  wd.patches_table, schema="patches")
     return wd

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from brcatool import artifacts, stores
+from brcatool import artifacts, expression, stores, tiling
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.errors import InputError
+from brcatool.recipe import Recipe
 from brcatool.synth.counts import gene_names
 from brcatool.synth.names import SUBTYPES, assign_subtypes, patient_barcodes, slide_name
 
 BINARY = ("Luminal", "Basal/Her2")
-DEFAULT_RECIPE = {"top_genes": None, "iqr_k": 1.5, "iqr_mode": "clip", "drop_frac": 0.1, "zscore": True}
 
 
 @dataclass
@@ -74,6 +74,7 @@ def make_prepared_workdir(
     other seeds but the same weights count as embedded by the same encoder.
     """
     import polars as pl
+    import pyarrow as pa
 
     wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
     if patients < 2 or patches < 1 or dim < 1 or genes < 1 or views < 1:
@@ -98,13 +99,13 @@ def make_prepared_workdir(
         shift[0] = 0.0
     expr = base + rng.standard_normal((patients, genes)) + gene_signal * shift[target]
     expr = np.clip(expr, 0.0, None).astype(np.float32)
-    keep = np.array([p not in set(no_expr) for p in pids])
-    table = pl.DataFrame({"patient_id": [p for p, k in zip(pids, keep, strict=True) if k]})
-    table = table.with_columns([pl.Series(g, expr[keep, j]) for j, g in enumerate(gnames)])
-    artifacts.write_parquet(table, wd.expression_table, schema="expression")
+    no_expr_set = set(no_expr)
+    keep = np.array([p not in no_expr_set for p in pids])
+    expression.write_expression(wd.expression_table, [p for p in pids if p not in no_expr_set], gnames,
+                                expr[keep].T)
     artifacts.write_parquet(pl.DataFrame({"patient_id": pids, "label": label, "target": target,
                                           "task": [task] * patients}), wd.labels_table, schema="labels")
-    artifacts.write_json(wd.recipe_settings, dict(recipe or DEFAULT_RECIPE))
+    artifacts.write_json(wd.recipe_settings, Recipe.from_settings(recipe or {}).settings())
 
     # features: noise, plus the class prototype on half the patches; views = small perturbations
     protos = rng.standard_normal((C, dim))
@@ -136,16 +137,13 @@ def make_prepared_workdir(
     Manifest("embed", {"encoder": encoder, "weights": weights, "dim": dim, "views": views,
                        "input_size": 224}).write(wd.features_dir(encoder) / "manifest.json",
                                                  counts={"slides": len(index_rows)})
-    artifacts.write_parquet(pl.DataFrame(slide_rows, schema_overrides={"error": pl.Utf8, **i64}),
-                            wd.slides_table, schema="slides")
-    artifacts.write_parquet(pl.DataFrame(patch_rows, schema_overrides={
-        "patch_index": pl.Int64, "x": pl.Int64, "y": pl.Int64, "level": pl.Int64, "size": pl.Int64,
-        "mpp": pl.Float64, "tissue_fraction": pl.Float64}), wd.patches_table, schema="patches")
-    has_e = [p not in no_expr for p in pids]
-    has_s = [p not in no_slides for p in pids]
-    artifacts.write_parquet(pl.DataFrame({
-        "patient_id": pids, "has_expression": has_e, "has_slides": has_s, "has_label": [True] * patients,
-        "included": [a or b for a, b in zip(has_e, has_s, strict=True)]}), wd.cohort_table, schema="cohort")
+    for rows, columns, path, schema in ((slide_rows, tiling.SLIDE_COLUMNS, wd.slides_table, "slides"),
+                                        (patch_rows, tiling.PATCH_COLUMNS, wd.patches_table, "patches")):
+        table = pa.Table.from_pylist(rows, schema=tiling.arrow_schema(columns))
+        artifacts.write_parquet(table, path, schema=schema)
+    # after slides.parquet: build_cohort reads it for has_slides
+    cohort = expression.build_cohort(set(pids) - no_expr_set, set(pids), set(), wd)
+    artifacts.write_parquet(cohort, wd.cohort_table, schema="cohort")
     # written last, as prep-expr does: train trusts expression/labels only once this exists
     Manifest("prep-expr", {"synthetic": True, "task": task, "seed": seed}).write(
         wd.stage_manifest("prep-expr"), counts={"patients": patients})
