@@ -20,15 +20,14 @@ import numpy as np
 
 
 def make_slide(root: Path, size: int) -> Path:
+    from brcatool.artifacts import atomic_path
     from brcatool.synth.slides import SlideSpec, write_slide
 
     path = root / f"TCGA-BE-NCH{size % 10}-01Z-00-DX1.{size}.tiff"
     if not path.exists():
-        root.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        tmp = path.with_suffix(".partial.tiff")
-        write_slide(tmp, SlideSpec(width=size, height=size, subtype="LumB", seed=(2024,)))
-        tmp.rename(path)
+        with atomic_path(path) as tmp:
+            write_slide(tmp, SlideSpec(width=size, height=size, subtype="LumB", seed=(2024,)))
         print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s")
     return path
 

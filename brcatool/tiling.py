@@ -473,7 +473,7 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
             for job, scan in _map(pool, scan_slide, [(e, cfg, parts, wd.qc_dir) for e in to_scan]):
                 scans[job[0].slide_id] = scan
                 step()
-            jobs = []
+            jobs, job_counts = [], {}  # counts: the patient's candidates, kept in the slide's record
             for pid, group in patients.items():
                 if group[0].slide_id not in scans:  # every slide of the patient is finished
                     rows.update({e.slide_id: records[e.slide_id]["row"] for e in group})
@@ -491,7 +491,8 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
                     _record_path(parts, sid).unlink(missing_ok=True)
                     if scan["status"] == "ok" and alloc[sid] > 0:
                         idx = select(scan["xy"], alloc[sid], cfg.sampling, slide_rng(cfg.seed, pid, sid))
-                        jobs.append((e, scan, idx, cfg, wd, parts, counts))
+                        jobs.append((e, scan, idx, cfg, wd, parts))
+                        job_counts[sid] = counts
                         continue
                     rows[sid] = {**_row(scan), "n_patches": 0}
                     if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
@@ -502,12 +503,11 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
                     if scan["status"] != "failed":
                         write_json(_record_path(parts, sid), {"row": rows[sid], "counts": counts})
             step = bar.phase("tiling", len(jobs))
-            for job, row in _map(pool, extract_slide, [j[:6] for j in jobs]):
+            for job, row in _map(pool, extract_slide, jobs):
                 sid = job[0].slide_id
                 rows[sid] = row
                 if row["status"] != "failed":
-                    counts = next(j[6] for j in jobs if j[0].slide_id == sid)
-                    write_json(_record_path(parts, sid), {"row": row, "counts": counts})
+                    write_json(_record_path(parts, sid), {"row": row, "counts": job_counts[sid]})
                 step(row.get("n_patches", 0))
     finally:
         if pool is not None:
