@@ -78,21 +78,26 @@ def view_params(seed: int, slide_id: str, view: int, n: int) -> np.ndarray:
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
-def augment(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def augment(x: torch.Tensor, p: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Per-sample colour jitter and right-angle rotation/flip of a [0,1] batch (B,3,H,W).
 
     Vectorised so it runs on the GPU as a few tensor ops; hue is a rotation in YIQ space.
+    ``p`` (B,5, from :func:`view_params`) should be on the host: the hue matrices and
+    dihedral groups are worked out there, so the GPU never has to be waited on.
     """
     import torch
 
+    host = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
+    jit = torch.from_numpy(np.ascontiguousarray(host[:, :3])).to(x.device, x.dtype,
+                                                                  non_blocking=True)
     lum = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    b, c, s = (p[:, i].to(x.dtype).view(-1, 1, 1, 1) for i in range(3))
+    b, c, s = (jit[:, i].view(-1, 1, 1, 1) for i in range(3))
     x = (x * b).clamp(0, 1)
     mean = (x * lum).sum(1, keepdim=True).mean((2, 3), keepdim=True)
     x = ((x - mean) * c + mean).clamp(0, 1)
     gray = (x * lum).sum(1, keepdim=True)
     x = ((x - gray) * s + gray).clamp(0, 1)
-    theta = 2 * np.pi * p[:, 3].double().cpu().numpy()
+    theta = 2 * np.pi * host[:, 3].astype(np.float64)
     rot = np.zeros((len(theta), 3, 3))
     rot[:, 0, 0] = 1
     rot[:, 1, 1] = rot[:, 2, 2] = np.cos(theta)
@@ -100,9 +105,9 @@ def augment(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     m = torch.from_numpy(np.linalg.inv(_YIQ) @ rot @ _YIQ).to(x.device, x.dtype)
     x = torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
     out = torch.empty_like(x)
-    k = p[:, 4].long()
-    for d in k.unique().tolist():
-        sel = (k == d).nonzero().flatten()
+    k = host[:, 4].astype(np.int64)
+    for d in np.unique(k).tolist():
+        sel = torch.from_numpy(np.flatnonzero(k == d)).to(x.device)
         y = torch.rot90(x[sel], d % 4, dims=(2, 3))
         out[sel] = torch.flip(y, dims=(3,)) if d >= 4 else y
     return out

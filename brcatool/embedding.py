@@ -534,7 +534,7 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
             for batch in loader:
                 px = batch["pixels"].to(device, non_blocking=True)
                 x = px.permute(0, 3, 1, 2).float().div_(255)  # NHWC memory = channels_last
-                aug = batch["aug"].to(device, non_blocking=True)
+                aug = batch["aug"]  # stays on the host: augment() reads it without a GPU sync
                 b = x.shape[0]
                 if device == "cuda" and b < bs:  # one input shape: no second cuDNN autotune
                     x = torch.cat([x, x.new_zeros((bs - b, *x.shape[1:]))]).contiguous(

@@ -21,6 +21,7 @@ def test_augment_identity_rotation_and_jitter():
     assert torch.allclose(y[0], x[0], atol=1e-5)
     p = torch.from_numpy(view_params(0, "slide", 1, 3))
     assert p.shape == (3, 5) and not torch.allclose(augment(x, p), x, atol=1e-3)
+    assert torch.equal(augment(x, p.numpy()), augment(x, p))  # host params, as the loop passes
     assert np.array_equal(view_params(0, "slide", 1, 3), view_params(0, "slide", 1, 3))
     assert not np.array_equal(view_params(0, "slide", 1, 3), view_params(0, "slide", 2, 3))
 
