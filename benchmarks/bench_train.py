@@ -42,14 +42,14 @@ def raw_limits(root: Path) -> None:
 
     from brcatool.cohort import load_cohort
     from brcatool.models import ModelConfig, build_model
-    from brcatool.training import Batcher, TrainConfig, _cpu_bf16, _forward, _threads, _work
+    from brcatool.training import Batcher, TrainConfig, _cpu_bf16, _forward, _threads, is_big
 
     with Clock() as c:
         cohort = load_cohort(root)
     print(f"load cohort (features {cohort.features.nbytes / 2**20:.0f} MiB float16): {c}")
     cfg = TrainConfig()
     torch.set_num_threads(_threads(cohort, cfg, torch.get_num_threads()))
-    amp = _work(cohort, cfg) > 2e7 and _cpu_bf16()  # what run_train does
+    amp = is_big(cohort, cfg) and _cpu_bf16()  # what run_train does
     print(f"torch threads {torch.get_num_threads()}, bf16 autocast on CPU: {amp}")
     n_train = int(PATIENTS * 0.8 * (1 - cfg.val_frac))
     idx = np.arange(n_train)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,15 +116,22 @@ def model_specs(cfg: AblateConfig) -> list[ModelSpec]:
                 continue
             specs.append(ModelSpec(f if one else f"{f}-{agg}", f, agg))
     for s in specs:
-        s.run = f"ablate-{cfg.name}-{s.label}"
+        s.run = run_name(cfg.name, s.label)
     return specs
+
+
+def run_name(ablate_name: str, label: str) -> str:
+    """The run (under ``runs/``) that ablation ``ablate_name`` trains for model ``label``."""
+    return f"ablate-{ablate_name}-{label}"
 
 
 # --------------------------------------------------------------------------- the stage
 def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = True) -> AblateResult:
     """Train and evaluate every model (finished runs are reused), then write the comparison."""
+    from brcatool.cohort import load_cohort
     from brcatool.evaluation import EvaluateConfig, run_evaluate
-    from brcatool.training import run_train
+    from brcatool.models import FUSIONS
+    from brcatool.training import is_finished, run_train
 
     t0 = time.perf_counter()
     wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
@@ -137,6 +144,15 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     specs = model_specs(cfg)
     notes: list[str] = []
     evals: dict[str, Any] = {}
+    loaded: list[Any] = []
+    kinds = [FUSIONS.get(s.fusion) for s in specs]
+
+    def full_cohort() -> Any:
+        """One cohort with every modality some model uses, read once and only when needed."""
+        if not loaded:
+            loaded.append(load_cohort(wd, encoder=cfg.encoder, images=any(k.uses_image for k in kinds),
+                                      expression=any(k.uses_gene for k in kinds), progress=progress))
+        return loaded[0]
 
     def evaluate(spec: ModelSpec) -> None:
         ev = run_evaluate(wd, EvaluateConfig(run=spec.run, bootstrap=cfg.bootstrap, plots=cfg.run_plots,
@@ -151,10 +167,12 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     for i, spec in enumerate(specs, 1):
         if console:
             console.print(f"[bold]ablate {cfg.name}[/]: model {i}/{len(specs)} {spec.label}")
-        run_train(wd, cfg.train_config(spec.fusion, spec.aggregator, spec.run), progress=progress)
+        tcfg = cfg.train_config(spec.fusion, spec.aggregator, spec.run)
+        run_train(wd, tcfg, progress=progress, cohort=None if is_finished(wd, tcfg) else full_cohort())
         evaluate(spec)
     if cfg.sanity:
-        for spec in _sanity(wd, cfg, list(specs), notes, console, progress):  # trains one, yields it
+        # trains one check at a time and yields it
+        for spec in _sanity(wd, cfg, list(specs), notes, console, progress, full_cohort):
             specs.append(spec)
             evaluate(spec)
     split_sha = check_identical_splits(wd, [s.run for s in specs])
@@ -198,32 +216,43 @@ def _console(progress: bool) -> Any:
 
 
 def _sanity(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], notes: list[str], console: Any,
-            progress: bool) -> Iterator[ModelSpec]:
-    """The chosen fusion with permuted labels and with image bags shuffled across patients."""
-    from brcatool.cohort import check_splits, load_cohort, load_splits
+            progress: bool, full_cohort: Callable[[], Any]) -> Iterator[ModelSpec]:
+    """The chosen fusion with permuted labels and with image bags shuffled across patients.
+
+    ``full_cohort()`` gives the cohort (loaded at most once, and only if a check needs training).
+    """
+    from brcatool.cohort import check_splits, load_splits
     from brcatool.models import FUSIONS
-    from brcatool.training import run_train
+    from brcatool.training import is_finished, run_train
 
     fusion = cfg.chosen_fusion()
     base = next(s for s in specs if s.fusion == fusion)
     kind = FUSIONS.get(fusion)
-    cohort = load_cohort(wd, encoder=cfg.encoder, images=kind.uses_image, expression=kind.uses_gene,
-                         progress=progress)
     splits = load_splits(wd.require(wd.splits, made_by="train"))
-    check_splits(splits, cohort, folds=cfg.folds, repeats=cfg.repeats)
+    checked: list[Any] = []
+
+    def cohort() -> Any:
+        if not checked:
+            c = full_cohort().restrict(gene=kind.uses_gene, image=kind.uses_image)
+            check_splits(splits, c, folds=cfg.folds, repeats=cfg.repeats)
+            checked.append(c)
+        return checked[0]
+
     for i, what in enumerate(SANITY_KINDS):
         if what == "shuffled-images" and not kind.uses_image:
             notes.append(f"shuffled-images check skipped: {fusion!r} uses no images")
             continue
         seed = cfg.seed * 7919 + 101 + i  # fixed per check, so a re-run reuses the finished run
-        variant = cohort.with_permuted_labels(seed) if what == "permuted-labels" else \
-            cohort.with_shuffled_images(seed)
         spec = ModelSpec(f"{base.label} ({what.replace('-', ' ')})", fusion, base.aggregator, kind=what,
                          run=f"{base.run}-{what}")
         if console:
             console.print(f"[bold]ablate {cfg.name}[/]: sanity check {spec.label}")
-        run_train(wd, cfg.train_config(fusion, base.aggregator, spec.run), progress=progress,
-                  cohort=variant, splits=splits)
+        tcfg = cfg.train_config(fusion, base.aggregator, spec.run)
+        variant = None
+        if not is_finished(wd, tcfg):
+            variant = cohort().with_permuted_labels(seed) if what == "permuted-labels" else \
+                cohort().with_shuffled_images(seed)
+        run_train(wd, tcfg, progress=progress, cohort=variant, splits=splits)
         artifacts.write_json(wd.run_dir(spec.run) / "sanity.json",
                              {"kind": what, "seed": seed, "of": base.run,
                               "note": "labels permuted across patients" if what == "permuted-labels"

@@ -66,6 +66,20 @@ class Cohort:
     def hash(self) -> str:
         return cohort_hash(self.patient_ids, self.targets)
 
+    def restrict(self, *, gene: bool, image: bool) -> Cohort:
+        """This cohort as ``load_cohort(images=image, expression=gene)`` would have loaded it.
+
+        Lets one cohort loaded with both modalities serve every fusion (ablate): a modality the
+        model does not use is dropped, so eligibility (``--missing mask``) and sizes match.
+        """
+        out = self
+        if not gene and (self.genes or self.has_expr.any()):
+            out = dataclasses.replace(out, genes=[], expression=np.zeros((self.n, 0), dtype=np.float32),
+                                      has_expr=np.zeros(self.n, dtype=bool), recipe_settings={})
+        if not image and self.features is not None:
+            out = dataclasses.replace(out, features=None)
+        return out
+
     # ------------------------------------------------------------------ sanity-check variants
     def with_permuted_labels(self, seed: int) -> Cohort:
         """A copy whose labels are shuffled across patients (a chance-level control)."""

@@ -243,15 +243,15 @@ def load_result(run_dir: Path, out_dir: Path) -> EvaluateResult:
     d = artifacts.read_json(out_dir / "metrics.json")
 
     def nan(m: dict[str, Any]) -> dict[str, float]:
-        return {k: math.nan if v is None else float(v) for k, v in m.items()}
+        return {k: float(v) for k, v in M.from_json_safe(m).items()}
 
     att = out_dir / "attention.parquet"
     return EvaluateResult(
         run=run_dir.name, run_dir=run_dir, out_dir=out_dir, scope=d["scope"], task=d["task"],
         classes=d["classes"], n_patients=d["n_patients"], pooled=nan(d["pooled"]),
         fold_mean=nan(d["fold_mean"]), fold_sd=nan(d["fold_sd"]),
-        ci={k: tuple(math.nan if x is None else float(x) for x in v) for k, v in d["ci95"].items()},
-        per_fold=[{k: math.nan if v is None else v for k, v in f.items()} for f in d["per_fold"]],
+        ci={k: tuple(float(x) for x in v) for k, v in M.from_json_safe(d["ci95"]).items()},
+        per_fold=M.from_json_safe(d["per_fold"]),
         plots=[out_dir / "plots" / p for p in d["plots"]],
         attention=att if att.is_file() else None, montages=d["montages"], heatmaps=d["heatmaps"],
         notes=d["notes"], bootstrap=d["bootstrap"], skipped=True, seconds=float(d.get("seconds", 0.0)))

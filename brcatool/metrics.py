@@ -56,13 +56,9 @@ def multiclass_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray,
     probs = np.asarray(probs, dtype=np.float64)
     n_classes = n_classes or probs.shape[1]
     pred = probs.argmax(axis=1)
-    present = [c for c in range(n_classes) if (y == c).any() and (y != c).any()]
-    onehot = np.eye(n_classes, dtype=np.int64)[y]
 
     def ovr(score: Callable[..., float]) -> float:
-        if len(present) < 2:
-            return math.nan
-        return float(np.mean([score(onehot[:, c], probs[:, c]) for c in present]))
+        return _ovr(score, y, probs, n_classes)
 
     return {
         "f1": _safe(lambda: skm.f1_score(y, pred, average="macro", labels=list(range(n_classes)),
@@ -71,6 +67,27 @@ def multiclass_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray,
         "roc_auc": _safe(lambda: ovr(skm.roc_auc_score)),
         "accuracy": _safe(lambda: skm.accuracy_score(y, pred)),
     }
+
+
+def _ovr(score: Callable[..., float], y: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
+    """Macro one-vs-rest ``score`` over the classes both present and absent in ``y`` (NaN if < 2)."""
+    present = [c for c in range(n_classes) if (y == c).any() and (y != c).any()]
+    if len(present) < 2:
+        return math.nan
+    onehot = np.eye(n_classes, dtype=np.int64)[y]
+    return float(np.mean([score(onehot[:, c], probs[:, c]) for c in present]))
+
+
+def roc_auc(y: Sequence[int] | np.ndarray, probs: np.ndarray) -> float:
+    """``compute(y, probs)["roc_auc"]`` without the other metrics (training's per-epoch metric)."""
+    from sklearn import metrics as skm
+
+    y = np.asarray(y, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1 or probs.shape[1] <= 2:
+        prob = probs.reshape(len(probs), -1)[:, -1]
+        return _safe(lambda: skm.roc_auc_score(y, prob)) if len(np.unique(y)) == 2 else math.nan
+    return _safe(lambda: _ovr(skm.roc_auc_score, y, probs, probs.shape[1]))
 
 
 def compute(y: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5,
@@ -103,6 +120,15 @@ def json_safe(d: Any) -> Any:
     if isinstance(d, float) and math.isnan(d):
         return None
     return d
+
+
+def from_json_safe(d: Any) -> Any:
+    """The inverse of :func:`json_safe` for metric dicts read back: None -> NaN recursively."""
+    if isinstance(d, dict):
+        return {k: from_json_safe(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [from_json_safe(v) for v in d]
+    return math.nan if d is None else d
 
 
 # --------------------------------------------------------------------------- evaluate: more metrics, CIs

@@ -358,7 +358,7 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     crit = _criterion(cfg, cohort.targets[inner_tr], C, device)
     batcher = Batcher(cohort, expr, gene=gene, image=image, device=device)
-    if device.type == "cpu" and image and _work(cohort, cfg) > 2e7 and _cpu_bf16():
+    if device.type == "cpu" and image and is_big(cohort, cfg) and _cpu_bf16():
         batcher.amp = True  # ~1.5x faster steps where the patch projection dominates
     y_all = torch.from_numpy(cohort.targets)
     mod_drop = cfg.modality_dropout if cfg.missing == "mask" else 0.0
@@ -382,7 +382,7 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
         with torch.no_grad():
             val_loss = float(crit(val_logits.to(device), y_all[inner_va].to(device)))
         vp = _probs(val_logits, C).numpy()
-        val_metric = M.compute(cohort.targets[inner_va], vp)["roc_auc"]
+        val_metric = M.roc_auc(cohort.targets[inner_va], vp)
         log.append({"repeat": repeat, "fold": fold, "epoch": epoch, "train_loss": total / len(order),
                     "val_loss": val_loss, "val_metric": val_metric})
         if on_epoch is not None:
@@ -499,7 +499,7 @@ def _threads(cohort: Cohort, cfg: TrainConfig, default: int) -> int:
     On a shared CPU, threads beyond the idle cores spin at every barrier: measured 5-15x slower
     than one thread on a loaded 2-core machine.
     """
-    if _work(cohort, cfg) <= 2e7:
+    if not is_big(cohort, cfg):
         return 1
     try:
         idle = (os.cpu_count() or default) - os.getloadavg()[0]
@@ -508,9 +508,24 @@ def _threads(cohort: Cohort, cfg: TrainConfig, default: int) -> int:
     return max(1, min(default, int(idle + 0.5)))
 
 
+# multiply-adds of one batch through the first layers above which a model counts as big: more
+# torch threads (up to the idle cores) and bf16 autocast on CPU pay off
+BIG_WORK = 2e7
+
+
 def _work(cohort: Cohort, cfg: TrainConfig) -> float:
-    """Rough multiply-adds of one batch through the first layers."""
-    return cfg.batch_size * cfg.hidden * (cohort.mask.shape[1] * cohort.feat_dim + cohort.expression.shape[1])
+    """Rough multiply-adds of one batch through the first layers (only the modalities the fusion uses)."""
+    from brcatool.models import FUSIONS
+
+    kind = FUSIONS.get(cfg.fusion)
+    img = cohort.mask.shape[1] * cohort.feat_dim if kind.uses_image else 0
+    gene = cohort.expression.shape[1] if kind.uses_gene else 0
+    return cfg.batch_size * cfg.hidden * (img + gene)
+
+
+def is_big(cohort: Cohort, cfg: TrainConfig) -> bool:
+    """Whether one batch is heavy enough for several threads and CPU bf16 (see ``BIG_WORK``)."""
+    return _work(cohort, cfg) > BIG_WORK
 
 
 def _cross_validate(cohort: Cohort, splits: Splits, ok: np.ndarray, cfg: TrainConfig, name: str,
@@ -534,14 +549,33 @@ def _cross_validate(cohort: Cohort, splits: Splits, ok: np.ndarray, cfg: TrainCo
                 bar.reset(ep_task, total=cfg.epochs, description=f"  fold {k} epochs")
                 out = train_fold(cohort, tr, va, cfg, repeat=r, fold=k, device=device, on_epoch=on_epoch)
                 outs.append(out)
-                m = M.compute(cohort.targets[va], out.probs, threshold=out.threshold)
                 bar.advance(folds_task)
                 if progress:
+                    m = M.compute(cohort.targets[va], out.probs, threshold=out.threshold)
                     bar.console.print(f"  fold {k}{f' (repeat {r})' if splits.repeats > 1 else ''}: "
                                       f"{len(va)} patients, best epoch {out.best_epoch}, "
                                       f"ROC-AUC {m['roc_auc']:.3f}, F1 {m['f1']:.3f}")
 
     return outs
+
+
+def is_finished(workdir: Path | Workdir, cfg: TrainConfig) -> bool:
+    """Whether ``run_train(workdir, cfg)`` would reuse a finished run (same params, no --overwrite).
+
+    Raises like ``run_train`` when the run exists unfinished or with other parameters.
+    """
+    if not cfg.name:  # a new time-stamped name
+        return False
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    name = cfg.name
+    run_dir = wd.run_dir(name)
+    if not run_dir.exists():
+        return False
+    manifest = run_dir / "manifest.json"
+    if not manifest.exists() and not cfg.overwrite:
+        raise ArtifactError("exists but is not a finished run", path=run_dir,
+                            fix="pass --overwrite, or another --name")
+    return artifacts.check_params(manifest, cfg.params(), overwrite=cfg.overwrite, what=f"run {name!r}")
 
 
 def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = True,
@@ -563,17 +597,14 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     name = cfg.name or _default_name(cfg, wd)
     run_dir = wd.run_dir(name)
     params = cfg.params()
-    if run_dir.exists():
-        manifest = run_dir / "manifest.json"
-        if not manifest.exists() and not cfg.overwrite:
-            raise ArtifactError("exists but is not a finished run", path=run_dir,
-                                fix="pass --overwrite, or another --name")
-        if artifacts.check_params(manifest, params, overwrite=cfg.overwrite, what=f"run {name!r}"):
-            return load_result(run_dir, skipped=True)
+    if is_finished(wd, cfg):
+        return load_result(run_dir, skipped=True)
 
     if cohort is None:
         cohort = load_cohort(wd, encoder=cfg.encoder, images=kind.uses_image,
                              expression=kind.uses_gene, progress=progress)
+    else:  # e.g. ablate's one cohort with both modalities: keep what this fusion uses
+        cohort = cohort.restrict(gene=kind.uses_gene, image=kind.uses_image)
     created = False
     if splits is None:
         splits, created = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed)
@@ -637,8 +668,8 @@ def load_result(run_dir: Path, *, skipped: bool = False) -> TrainResult:
     run_dir = Path(run_dir)
     man = artifacts.read_json(run_dir / "manifest.json")
     mets = artifacts.read_json(run_dir / "metrics.json")
-    pooled = {k: (math.nan if v is None else v) for k, v in mets["pooled"].items()}
     return TrainResult(name=run_dir.name, run_dir=run_dir, task=mets["task"], classes=mets["classes"],
                        n_patients=man["counts"]["patients"], folds=man["counts"]["folds"],
-                       repeats=man["counts"]["repeats"], metrics=pooled, per_fold=mets["per_fold"],
+                       repeats=man["counts"]["repeats"], metrics=M.from_json_safe(mets["pooled"]),
+                       per_fold=M.from_json_safe(mets["per_fold"]),
                        skipped=skipped, seconds=float(man.get("seconds", 0.0)))
