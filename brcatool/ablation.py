@@ -157,7 +157,7 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     def evaluate(spec: ModelSpec) -> None:
         ev = run_evaluate(wd, EvaluateConfig(run=spec.run, bootstrap=cfg.bootstrap, plots=cfg.run_plots,
                                              attention=False, seed=cfg.seed, overwrite=cfg.overwrite),
-                          progress=False)
+                          progress=False, reuse_covering=True)  # e.g. the demo's evaluation of its run
         evals[spec.label] = ev
         if console:
             m, sd = ev.fold_mean, ev.fold_sd

@@ -188,8 +188,27 @@ def _curves(table: Any, classes: list[str], out: Path, label: str) -> list[Path]
 
 
 # --------------------------------------------------------------------------- the stage
-def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool = True) -> EvaluateResult:
-    """Evaluate a run out-of-fold, or on another workdir with ``cfg.on``; see the module doc."""
+# outputs beyond the metrics: an evaluation that made them (or more) has the same numbers
+_EXTRAS = ("plots", "attention", "heatmaps", "top_k")
+
+
+def _covers(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether an evaluation made with ``old`` params holds all that one with ``new`` would:
+    identical metric settings, and every figure/export ``new`` asks for made the same way."""
+    if any(old.get(k) != new.get(k) for k in set(old) | set(new) if k not in _EXTRAS):
+        return False
+    if new.get("top_k") != old.get("top_k") and new.get("attention"):
+        return False
+    return all(old.get(k) or not new.get(k) for k in ("plots", "attention", "heatmaps"))
+
+
+def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool = True,
+                 reuse_covering: bool = False) -> EvaluateResult:
+    """Evaluate a run out-of-fold, or on another workdir with ``cfg.on``; see the module doc.
+
+    ``reuse_covering`` (ablate) also reuses an evaluation made with other figure settings when it
+    has the same metrics and at least the figures asked for (e.g. the demo's, with heatmaps).
+    """
     t0 = time.perf_counter()
     wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
     cfg.validate()
@@ -213,7 +232,13 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
     for p in inputs:
         if p.exists():
             manifest.add_input(p)
-    if artifacts.check_params(out_dir / "manifest.json", params, overwrite=cfg.overwrite,
+    man_path = out_dir / "manifest.json"
+    if (reuse_covering and not cfg.overwrite and man_path.is_file()
+            and _covers(artifacts.read_json(man_path).get("params", {}), artifacts.normalise(params))):
+        old = artifacts.read_json(man_path)
+        if old.get("inputs") == manifest.inputs and (out_dir / "metrics.json").is_file():
+            return load_result(run_dir, out_dir)
+    if artifacts.check_params(man_path, params, overwrite=cfg.overwrite,
                               what=f"evaluation of {run_dir.name!r}"):
         old = artifacts.read_json(out_dir / "manifest.json")
         if old.get("inputs") == manifest.inputs and (out_dir / "metrics.json").is_file():
@@ -361,15 +386,19 @@ def _montages(wd: Workdir, att: Any, out: Path, k: int, progress: bool) -> int:
     stores_cache: dict[str, Any] = {}
     written = 0
     groups = sorted(top.group_by("patient_id"), key=lambda g: g[0])
+    slides = {str(pid): sorted(ids) for pid, ids in
+              att.group_by("patient_id").agg(pl.col("slide_id").unique()).iter_rows()}
     with _bar(progress) as bar:
         task = bar.add_task("top-k montages", total=len(groups))
         for (pid,), part in groups:
             images, labels = [], []
-            slides_of = sorted(att.filter(pl.col("patient_id") == pid)["slide_id"].unique().to_list())
+            slides_of = slides[str(pid)]
             for sid, pidx, w in part.sort("weight", descending=True).select(
                     "slide_id", "patch_index", "weight").iter_rows():
                 try:
-                    arr = stores_cache.setdefault(sid, stores.read_patches(wd, sid))
+                    if sid not in stores_cache:
+                        stores_cache[sid] = stores.read_patches(wd, sid)
+                    arr = stores_cache[sid]
                     images.append(np.asarray(arr[int(pidx)]))
                     where = f"s{slides_of.index(sid) + 1} " if len(slides_of) > 1 else ""
                     labels.append(f"{where}#{pidx} w={w:.3f}")

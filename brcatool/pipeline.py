@@ -44,13 +44,13 @@ class DemoResult:
 def run_demo(workdir: Path | Workdir, cfg: DemoConfig | None = None, *, progress: bool = True,
              on_stage: Callable[[str, Any], None] | None = None) -> DemoResult:
     """synth -> tile -> embed -> prep-expr -> train -> evaluate -> ablate, resuming what exists."""
-    from brcatool.ablation import AblateConfig, run_ablate
+    from brcatool.ablation import AblateConfig, run_ablate, run_name
     from brcatool.embedding import EmbedConfig, run_embed
     from brcatool.evaluation import EvaluateConfig, run_evaluate
     from brcatool.expression import PrepExprConfig, run_prep_expr
     from brcatool.synth import make_cohort
     from brcatool.tiling import TileConfig, run_tile
-    from brcatool.training import TrainConfig, run_train
+    from brcatool.training import run_train
 
     cfg = cfg or DemoConfig()
     wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
@@ -83,13 +83,17 @@ def run_demo(workdir: Path | Workdir, cfg: DemoConfig | None = None, *, progress
     prep_cfg = PrepExprConfig(expression=cohort_dir / "expression.tsv",
                               clinical=cohort_dir / "clinical.tsv", seed=seed)
     stage("prep-expr", lambda: run_prep_expr(wd, prep_cfg, progress=progress, overwrite=ow))
-    train_cfg = TrainConfig(fusion=cfg.fusion, folds=cfg.folds, epochs=cfg.epochs, patience=cfg.patience,
-                            seed=seed, name=f"demo-{cfg.fusion}", overwrite=ow)
+    ablate_cfg = AblateConfig(folds=cfg.folds, epochs=cfg.epochs, patience=cfg.patience,
+                              bootstrap=cfg.bootstrap, seed=seed, sanity=True, name="demo", overwrite=ow)
+    # the train stage makes ablate's run of this fusion (same name and settings): ablate reuses it
+    # and the evaluation below (same bootstrap and seed, more figures) instead of repeating them.
+    # With --overwrite ablate re-makes its runs anyway: keep the demo's own run then, so ablate's
+    # leaner evaluation does not replace the one with heatmaps.
+    name = f"demo-{cfg.fusion}" if ow else run_name("demo", cfg.fusion)
+    train_cfg = ablate_cfg.train_config(cfg.fusion, ablate_cfg.aggregators[0], name)
     train = stage("train", lambda: run_train(wd, train_cfg, progress=progress))
     eval_cfg = EvaluateConfig(run=train.name, bootstrap=cfg.bootstrap, heatmaps=True, seed=seed,
                               overwrite=ow)
     stage("evaluate", lambda: run_evaluate(wd, eval_cfg, progress=progress))
-    ablate_cfg = AblateConfig(folds=cfg.folds, epochs=cfg.epochs, patience=cfg.patience,
-                              bootstrap=cfg.bootstrap, seed=seed, sanity=True, name="demo", overwrite=ow)
     stage("ablate", lambda: run_ablate(wd, ablate_cfg, progress=progress))
     return out
