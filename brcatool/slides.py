@@ -153,8 +153,8 @@ def open_slide(path: str | Path) -> Any:
         raise InputError(f"cannot open slide ({_one_line(exc)})", path=path) from None
 
 
-def slide_mpp(slide: Any, *, fallback: float | None = None, path: Any = None) -> tuple[float, str]:
-    """Level-0 µm/px and where it came from ("metadata" or "fallback").
+def slide_mpp(slide: Any, *, fallback: float | None = None, path: Any = None) -> float:
+    """Level-0 µm/px from the slide's metadata, else ``fallback``.
 
     Missing or implausible metadata (outside MPP_RANGE) uses ``fallback``, else fails with a
     line that names the fix.
@@ -169,9 +169,9 @@ def slide_mpp(slide: Any, *, fallback: float | None = None, path: Any = None) ->
     except ValueError:
         found = None
     if found is not None and MPP_RANGE[0] <= found <= MPP_RANGE[1]:
-        return found, "metadata"
+        return found
     if fallback is not None:
-        return float(fallback), "fallback"
+        return float(fallback)
     why = "has no mpp metadata" if found is None else (
         f"has implausible mpp {found:.4g} µm/px (outside {MPP_RANGE[0]}-{MPP_RANGE[1]})")
     raise InputError(why, path=path, fix="pass --mpp-fallback VALUE (e.g. 0.5 for a 20x scan)")

@@ -233,7 +233,7 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
         slide = slides.open_slide(entry.path)
         try:
             w0, h0 = slide.dimensions
-            mpp0, _ = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
+            mpp0 = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
             plan = slides.plan_read(slide, mpp0, cfg.target_mpp, cfg.patch_size)
             thumb, ds = slides.read_thumbnail(slide)
         finally:
@@ -266,8 +266,6 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from brcatool.stores import PATCH_SHARD
-
     t0 = time.perf_counter()
     plan = slides.ReadPlan(**scan["plan"])
     xy, frac = scan["xy"][idx], scan["frac"][idx]
@@ -280,10 +278,10 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
             def batches() -> Iterable[np.ndarray]:
                 # two buffers: one is filled while the writer still holds the other; openslide
                 # is thread-safe and decodes without the GIL, so a few threads read at once
-                bufs = np.empty((2, PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
+                bufs = np.empty((2, stores.PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
                 with ThreadPoolExecutor(READ_THREADS) as readers:
-                    for b, s in enumerate(range(0, len(xy), PATCH_SHARD)):
-                        part, buf = xy[s:s + PATCH_SHARD], bufs[b % 2]
+                    for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
+                        part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
                         for i, patch in enumerate(readers.map(read, part)):
                             buf[i] = patch
                         yield buf[: len(part)]

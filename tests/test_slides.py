@@ -32,11 +32,12 @@ def test_ids_from_names() -> None:
 
 def test_mpp_metadata_fallback_and_implausible(slide_fixture) -> None:
     with openslide.OpenSlide(str(slide_fixture("small.svs"))) as s:
-        assert slides.slide_mpp(s) == (pytest.approx(0.499), "metadata")
+        assert slides.slide_mpp(s) == pytest.approx(0.499)
+        assert slides.slide_mpp(s, fallback=0.25) == pytest.approx(0.499)  # metadata wins
     with openslide.OpenSlide(str(slide_fixture("boxes.tiff"))) as s:  # 72 dpi -> 352.8 µm/px
         with pytest.raises(InputError, match="implausible mpp.*mpp-fallback"):
             slides.slide_mpp(s)
-        assert slides.slide_mpp(s, fallback=0.25) == (0.25, "fallback")
+        assert slides.slide_mpp(s, fallback=0.25) == 0.25
 
 
 def test_open_errors_are_one_line(slide_fixture, tmp_path: Path) -> None:

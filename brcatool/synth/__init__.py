@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from brcatool.synth.cohort import CohortFiles, SlideTruth, make_cohort
+    from brcatool.synth.prepared import make_prepared_workdir
 
-# name -> module that defines it (add "make_prepared_workdir": "brcatool.synth.prepared" here)
+# name -> module that defines it
 _LAZY = {
     "make_cohort": "brcatool.synth.cohort",
     "CohortFiles": "brcatool.synth.cohort",
@@ -18,7 +19,7 @@ _LAZY = {
     "make_prepared_workdir": "brcatool.synth.prepared",
 }
 
-__all__ = ["CohortFiles", "SlideTruth", "make_cohort"]
+__all__ = ["CohortFiles", "SlideTruth", "make_cohort", "make_prepared_workdir"]
 
 
 def __getattr__(name: str) -> Any:

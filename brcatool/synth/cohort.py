@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +259,3 @@ def summary(files: CohortFiles) -> dict[str, int]:
         "patients_without_expression": len(set(files.subtypes) - set(files.expression_patients)),
         "patients_without_slides": len(set(files.subtypes) - set(files.slide_patients)),
     }
-
-
-def slide_table(files: CohortFiles) -> list[dict[str, Any]]:
-    """The slide truths as plain dicts (for JSON or a DataFrame)."""
-    return [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
-            for s in files.slides]
