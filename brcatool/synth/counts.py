@@ -55,7 +55,8 @@ def simulate_counts(subtypes: list[str], *, n_genes: int, gene_signal: float,
     genes = gene_names(n_genes)
     g, n = len(genes), len(subtypes)
     index = {name: i for i, name in enumerate(genes)}
-    is_pam = np.array([name in set(PAM50_GENES) for name in genes])
+    pam = set(PAM50_GENES)
+    is_pam = np.array([name in pam for name in genes])
     log_mu = rng.normal(np.log(150), 1.6, g)
     log_mu[is_pam] = rng.normal(np.log(800), 0.8, int(is_pam.sum()))
     dispersion = np.exp(rng.normal(np.log(0.12), 0.5, g))

@@ -6,8 +6,9 @@ import uuid
 
 import numpy as np
 
-#: PAM50 subtypes and their approximate share in TCGA-BRCA.
-SUBTYPES: tuple[str, ...] = ("LumA", "LumB", "Her2", "Basal", "Normal")
+from brcatool.tasks import SUBTYPES  # PROPORTIONS below follows its order
+
+#: Approximate share in TCGA-BRCA of each of the PAM50 SUBTYPES.
 PROPORTIONS: tuple[float, ...] = (0.45, 0.20, 0.09, 0.18, 0.08)
 
 #: Tissue source site codes of real TCGA-BRCA contributors (only the look matters).

@@ -18,7 +18,8 @@ from brcatool.artifacts import Manifest, Workdir
 from brcatool.errors import InputError
 from brcatool.recipe import Recipe
 from brcatool.synth.counts import gene_names
-from brcatool.synth.names import SUBTYPES, assign_subtypes, patient_barcodes, slide_name
+from brcatool.synth.names import assign_subtypes, patient_barcodes, slide_name
+from brcatool.tasks import SUBTYPES
 
 BINARY = ("Luminal", "Basal/Her2")
 
