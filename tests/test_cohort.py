@@ -69,13 +69,6 @@ def test_split_keeps_each_patients_slides_in_one_fold(prepared, tmp_path: Path) 
     for r in range(2):
         rows = [a for a in saved["assignments"] if a["repeat"] == r]
         assert sorted(a["patient_id"] for a in rows) == c.patient_ids  # each patient once per repeat
-        slide_fold = {sid: [a["fold"] for a in rows if a["patient_id"] == pid]
-                      for sid, pid in slide_patient.items()}
-        assert all(len(f) == 1 for f in slide_fold.values())  # no patient in two folds of one repeat
-        patient_folds: dict[str, set[int]] = {}
-        for sid, (k,) in slide_fold.items():
-            patient_folds.setdefault(slide_patient[sid], set()).add(k)
-        assert all(len(f) == 1 for f in patient_folds.values())  # a patient's slides share one fold
         # what training sees: the slides behind validation and training patients never overlap
         for k in range(3):
             tr, va = s.indices(r, k)
