@@ -51,7 +51,7 @@ def reader_only(wd, *, batch: int, workers: int) -> float:
 
     from brcatool.embedding import PatchBatches, _segments, _worker_init
 
-    segments, _, _ = _segments(wd)
+    segments = _segments(wd).segments
     loader = torch.utils.data.DataLoader(
         PatchBatches(wd.root, segments, batch), batch_size=None, num_workers=workers,
         worker_init_fn=_worker_init if workers else None, pin_memory=torch.cuda.is_available())
@@ -81,11 +81,12 @@ def main() -> None:
     import torch
 
     from brcatool.artifacts import Workdir
-    from brcatool.embedding import EmbedConfig, resolve_device, run_embed
+    from brcatool.embedding import EmbedConfig, loader_defaults, resolve_device, run_embed
     from brcatool.synth.patches import make_patch_workdir
 
     device = resolve_device(args.device)
-    batch = args.batch_size or (256 if device == "cuda" else 32)
+    batch, workers = loader_defaults(
+        device, EmbedConfig(batch_size=args.batch_size, num_workers=args.num_workers))
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-embed-"))
     wd = Workdir(root)
     if not wd.patches_table.exists():
@@ -99,8 +100,6 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{os.cpu_count()}"
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"encoder {args.encoder}, batch {batch}")
-    workers = args.num_workers if args.num_workers is not None else (
-        min(8, os.cpu_count() or 1) if device == "cuda" else 1)
     print(f"reader alone ({workers} workers): {reader_only(wd, batch=batch, workers=workers):.1f} img/s")
     n_bare = max(batch, int(args.patches * args.bare_fraction))
     print(f"{'precision':>9} | {'bare img/s':>10} | {'embed img/s':>11} | {'ratio':>5} | "

@@ -341,22 +341,38 @@ class EmbedResult:
     slides_skipped: int
     patches: int
     seconds: float
-    loop_seconds: float
     patches_per_s: float  # model build excluded, worker start-up and first batch included
     steady_patches_per_s: float  # after the first batch arrived
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _segments(wd: Workdir) -> tuple[list[tuple[str, int]], dict[str, str], int]:
-    """(slide_id, n_patches) in table order, slide -> patient, patch size; checked against the store."""
+@dataclass(frozen=True)
+class _PatchIndex:
+    segments: list[tuple[str, int]]  # (slide_id, n_patches) in table order
+    patients: dict[str, str]  # slide -> patient
+    patch_size: int
+    reference: Callable[[], np.ndarray]  # reads the most-tissue patch (stain reference) on demand
+
+
+def loader_defaults(device: str, cfg: EmbedConfig) -> tuple[int, int]:
+    """(batch size, DataLoader workers): the config's values, else the defaults for ``device``."""
+    bs = cfg.batch_size or (256 if device == "cuda" else 32)
+    workers = cfg.num_workers if cfg.num_workers is not None else (
+        min(8, os.cpu_count() or 1) if device == "cuda" else 1)
+    return bs, workers
+
+
+def _segments(wd: Workdir) -> _PatchIndex:
+    """The patch table and store, read once and checked against each other."""
     table = artifacts.read_parquet(wd.patches_table, schema="patches", made_by="tile")
     wd.require(wd.patches_zarr, made_by="tile")
+    group = artifacts.open_group(wd.patches_zarr, schema="patch-store")
     counts = table.group_by("slide_id", maintain_order=True).len()
     patients = dict(zip(table["slide_id"], table["patient_id"], strict=True))
     segments, sizes = [], set()
     for slide_id, n in counts.iter_rows():
         try:
-            arr = stores.read_patches(wd, slide_id)
+            arr = group[slide_id]
         except KeyError:
             raise ArtifactError(f"has no patches for slide {slide_id}", path=wd.patches_zarr,
                                 fix="re-run `brcatool tile --overwrite`") from None
@@ -371,10 +387,16 @@ def _segments(wd: Workdir) -> tuple[list[tuple[str, int]], dict[str, str], int]:
     if not segments:
         raise ArtifactError("lists no patches", path=wd.patches_table,
                             fix="check `brcatool tile` found tissue (see slides.parquet)")
-    return segments, patients, sizes.pop()[0]
+
+    def reference() -> np.ndarray:
+        best = table.sort(["tissue_fraction", "slide_id", "patch_index"],
+                          descending=[True, False, False]).row(0, named=True)
+        return np.asarray(group[best["slide_id"]][best["patch_index"]])
+
+    return _PatchIndex(segments, patients, sizes.pop()[0], reference)
 
 
-def _stain(cfg: EmbedConfig, wd: Workdir, segments: list[tuple[str, int]]) -> Macenko | None:
+def _stain(cfg: EmbedConfig, reference: Callable[[], np.ndarray]) -> Macenko | None:
     if cfg.stain_norm == "none":
         return None
     if cfg.stain_norm != "macenko":
@@ -386,10 +408,7 @@ def _stain(cfg: EmbedConfig, wd: Workdir, segments: list[tuple[str, int]]) -> Ma
         if img is None:
             raise InputError("cannot read the stain reference image", path=cfg.stain_ref)
         return Macenko.fit(img[..., ::-1])
-    table = artifacts.read_parquet(wd.patches_table, schema="patches")
-    best = table.sort(["tissue_fraction", "slide_id", "patch_index"],
-                      descending=[True, False, False]).row(0, named=True)
-    return Macenko.fit(np.asarray(stores.read_patches(wd, best["slide_id"])[best["patch_index"]]))
+    return Macenko.fit(reference())
 
 
 class _SlideSink:
@@ -473,9 +492,10 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
     spec = get_encoder(cfg.encoder)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    segments, patients, patch_size = _segments(wd)
+    index = _segments(wd)
+    segments, patients, patch_size = index.segments, index.patients, index.patch_size
     weights = resolve_weights(spec, cfg.weights, seed=cfg.seed)
-    stain = _stain(cfg, wd, segments)
+    stain = _stain(cfg, index.reference)
     input_size = spec.fixed_input or cfg.input_size or patch_size
     params: dict[str, Any] = {
         "encoder": spec.name, "weights": weights.identity, "dim": spec.dim, "views": cfg.views,
@@ -509,9 +529,7 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
             and group[s].attrs.get("params_hash") == phash and group[s].shape == (cfg.views, n, spec.dim)}
     todo = [(s, n) for s, n in segments if s not in done]
 
-    bs = cfg.batch_size or (256 if device == "cuda" else 32)
-    workers = cfg.num_workers if cfg.num_workers is not None else (
-        min(8, os.cpu_count() or 1) if device == "cuda" else 1)
+    bs, workers = loader_defaults(device, cfg)
     total = sum(n for _, n in todo)
     loop_start = first_at = time.perf_counter()
     first_n = 0
@@ -588,7 +606,7 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                             "seconds": round(seconds, 3), "patches_per_s": round(rate, 2),
                             "steady_patches_per_s": round(steady, 2)})
     return EmbedResult(fdir, spec.name, weights.identity, spec.dim, cfg.views, device, precision,
-                       len(todo), len(done), total, seconds, loop_seconds, rate, steady, params)
+                       len(todo), len(done), total, seconds, rate, steady, params)
 
 
 # --------------------------------------------------------------------------- for downstream stages

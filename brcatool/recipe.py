@@ -14,8 +14,6 @@ import numpy as np
 
 from brcatool.errors import BrcaError, InputError
 
-_RECIPE_KEYS = ("top_genes", "iqr_k", "iqr_mode", "drop_frac", "zscore")
-
 
 class Recipe:
     """Per-fold expression preprocessing: top-k variable genes, IQR clip/drop, z-score.
@@ -166,6 +164,9 @@ class Recipe:
         return f"Recipe({self.settings()}, {state})"
 
 
+_RECIPE_KEYS = tuple(Recipe().settings())  # the names from_settings accepts
+
+
 def _blocks(n: int, size: int = 128) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -230,5 +231,3 @@ def _matrix(X: np.ndarray) -> np.ndarray:
         raise InputError(f"{int((~np.isfinite(X)).sum())} NaN/inf value(s) in the expression matrix",
                          fix="use expression.parquet written by prep-expr")
     return X
-
-
