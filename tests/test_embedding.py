@@ -191,8 +191,20 @@ def test_stain_norm_and_resize_are_recorded(patch_wd):
     params = feature_manifest(patch_wd, "resnet50-trunc")["params"]
     assert params["stain_norm"]["method"] == "macenko" and len(params["stain_norm"]["he"]) == 3
     assert params["input_size"] == 96 and res.dim == 1024
-    assert stores.read_features(patch_wd, "resnet50-trunc", sorted(_features(patch_wd, "resnet50-trunc"))[0]
-                                ).shape[2] == 1024
+    normed = _features(patch_wd, "resnet50-trunc")
+    assert all(f.shape[2] == 1024 for f in normed.values())
+    # both settings act on the pixels, not just the manifest
+    run_embed(patch_wd, _cfg(encoder="resnet50-trunc", input_size=96, batch_size=12, overwrite=True),
+              progress=False)
+    plain = _features(patch_wd, "resnet50-trunc")
+    run_embed(patch_wd, _cfg(encoder="resnet50-trunc", stain_norm="macenko", batch_size=12,
+                             overwrite=True), progress=False)
+    native = _features(patch_wd, "resnet50-trunc")
+    assert feature_manifest(patch_wd, "resnet50-trunc")["params"]["input_size"] == 64
+    for s, f in normed.items():
+        assert plain[s].shape == native[s].shape == f.shape
+        assert not np.allclose(f, plain[s], atol=1e-3), f"stain norm changed nothing on {s}"
+        assert not np.allclose(f, native[s], atol=1e-3), f"input size changed nothing on {s}"
 
 
 def test_feature_manifest_refuses_unfinished_or_missing(patch_wd):

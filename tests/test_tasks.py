@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from brcatool.errors import InputError
@@ -39,8 +38,13 @@ def test_missing_values(raw):
     assert is_missing(raw) and normalise_subtype(raw) is None
 
 
-def test_registry_names():
-    assert set(TASKS) == {"luminal-vs-basalher2", "pam50", "generic"}
+def test_every_registered_task_resolves_and_unknown_names_are_refused():
+    values = ["LumA", "Basal", "Her2", "LumB"]
+    for name in TASKS:
+        assert resolve_task(name, values).assign(values).n_labelled == len(values)
+    with pytest.raises(InputError, match="unknown task 'pam5'") as info:
+        resolve_task("pam5", values)
+    assert all(name in info.value.one_line() for name in TASKS)
 
 
 def test_luminal_vs_basalher2_mapping():
@@ -149,7 +153,3 @@ def test_prepare_labels_bad_input(tmp_path, text, kwargs, match):
         prepare_labels(path, ["P1"], [], task="pam50" if "foo" in text else None, **kwargs)
     assert info.value.path == str(path) and "\n" not in info.value.one_line()
 
-
-def test_targets_are_int64():
-    a = resolve_task("pam50", []).assign(["LumA"])
-    assert a.target.dtype == np.int64
