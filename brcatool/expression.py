@@ -375,7 +375,6 @@ class PrepExprConfig:
     drop_frac: float = 0.1
     keep_all_samples: bool = False
     unknown_labels: Literal["warn", "error"] = "warn"
-    seed: int = 0
 
 
 @dataclass
@@ -557,7 +556,7 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
     manifest_path = wd.stage_manifest("prep-expr")
     outputs = {"expression": wd.expression_table, "labels": wd.labels_table, "recipe": wd.recipe_settings,
                "cohort": wd.cohort_table, "manifest": manifest_path}
-    params = {k: v for k, v in to_dict(cfg).items() if k != "seed"}  # seed changes nothing here
+    params = to_dict(cfg)
     params["inputs"] = {k: {"size": f["size"], "mtime": f["mtime"]} for k, p in
                         (("expression", cfg.expression), ("clinical", cfg.clinical)) if p is not None
                         for f in [fingerprint(p)]}

@@ -81,7 +81,7 @@ def run_demo(workdir: Path | Workdir, cfg: DemoConfig | None = None, *, progress
     embed_cfg = EmbedConfig(encoder=cfg.encoder, weights=cfg.weights, seed=seed, overwrite=ow)
     stage("embed", lambda: run_embed(wd, embed_cfg, progress=progress))
     prep_cfg = PrepExprConfig(expression=cohort_dir / "expression.tsv",
-                              clinical=cohort_dir / "clinical.tsv", seed=seed)
+                              clinical=cohort_dir / "clinical.tsv")
     stage("prep-expr", lambda: run_prep_expr(wd, prep_cfg, progress=progress, overwrite=ow))
     ablate_cfg = AblateConfig(folds=cfg.folds, epochs=cfg.epochs, patience=cfg.patience,
                               bootstrap=cfg.bootstrap, seed=seed, sanity=True, name="demo", overwrite=ow)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 import typer
@@ -15,16 +14,16 @@ from brcatool.cli.common import (
     WorkdirOpt,
     console,
     default_workdir,
+    fmt_metric,
     report_errors,
 )
 
 _TRAIN = "Training (every model)"
 
 
-def _names(value: Any) -> list[str]:
-    """``gene,image`` (flag) or a YAML list (``--config``; click may hand it over as its repr)."""
-    items = value if isinstance(value, (list, tuple)) else str(value).strip("[]").split(",")
-    return [str(v).strip().strip("'\"").strip() for v in items if str(v).strip().strip("'\"").strip()]
+def _names(value: str) -> list[str]:
+    """``gene,image`` (a YAML list arrives joined the same way, see ``--config``)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 @report_errors
@@ -85,11 +84,6 @@ def ablate(
         print_summary(result)
 
 
-def _f(x: float | None, sign: bool = False, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
 
 def print_summary(result: Any) -> None:
     """The ablation table (also used by `brcatool demo`)."""
@@ -105,11 +99,12 @@ def print_summary(result: Any) -> None:
     if ref:
         table.add_column(f"Δ PR-AUC\nvs {ref}", justify="right")
     for r in result.summary.to_dicts():
-        cells = [f"{_f(r[f'{m}_mean'])}±{_f(r[f'{m}_sd'])}\n"  # two lines: fits 80 columns
-                 f"[dim][{_f(r[f'{m}_ci_low'], digits=2)},{_f(r[f'{m}_ci_high'], digits=2)}][/]"
+        cells = [f"{fmt_metric(r[f'{m}_mean'])}±{fmt_metric(r[f'{m}_sd'])}\n"  # two lines: fits 80 columns
+                 f"[dim][{fmt_metric(r[f'{m}_ci_low'], 2)},{fmt_metric(r[f'{m}_ci_high'], 2)}][/]"
                  for m in TABLE_METRICS]
         if ref:
-            cells.append(f"{_f(r['pr_auc_diff_mean'], True)}\n± {_f(r['pr_auc_diff_sd'])}")
+            diff_mean, diff_sd = r["pr_auc_diff_mean"], r["pr_auc_diff_sd"]
+            cells.append(f"{fmt_metric(diff_mean, sign=True)}\n± {fmt_metric(diff_sd)}")
         table.add_row(r["model"] if r["kind"] == "model" else f"[italic]{r['model']}[/]", *cells)
     console.print(table)
     extra = "".join(f", {p.name}" for p in result.plots)

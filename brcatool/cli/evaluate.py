@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from brcatool.cli.common import (
     WorkdirOpt,
     console,
     default_workdir,
+    fmt_metric,
     report_errors,
 )
 
@@ -54,9 +54,6 @@ def evaluate(
         print_result(result)
 
 
-def _f(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
 
 def print_result(result: Any) -> None:
     """The metrics table and where the outputs are."""
@@ -72,8 +69,8 @@ def print_result(result: Any) -> None:
                                                                       if result.bootstrap else "")):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, pooled, mean, sd, lo, hi in result.rows():
-        table.add_row(NAMES.get(name, name), _f(pooled), f"{_f(mean)} ± {_f(sd)}",
-                      f"[{_f(lo)}, {_f(hi)}]" if result.bootstrap else "")
+        table.add_row(NAMES.get(name, name), fmt_metric(pooled), f"{fmt_metric(mean)} ± {fmt_metric(sd)}",
+                      f"[{fmt_metric(lo)}, {fmt_metric(hi)}]" if result.bootstrap else "")
     console.print(table)
     console.print(f"outputs: {result.out_dir}", soft_wrap=True)
     if result.plots:

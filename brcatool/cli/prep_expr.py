@@ -11,7 +11,6 @@ from brcatool.cli.common import (
     ConfigOpt,
     OverwriteOpt,
     QuietOpt,
-    SeedOpt,
     WorkdirOpt,
     console,
     default_workdir,
@@ -69,7 +68,6 @@ def prep_expr(
         "--unknown-labels", help="Unknown label values: warn (leave unlabelled) or error.")] = "warn",
     workdir: WorkdirOpt = default_workdir(),
     config: ConfigOpt = None,
-    seed: SeedOpt = 0,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -82,7 +80,7 @@ def prep_expr(
         label_column=label_column, task=task, positive=pos, log=log,  # type: ignore[arg-type]
         max_zero_frac=max_zero_frac, genes=genes, top_genes=top_genes, iqr_k=iqr_k,
         iqr_mode=iqr_mode, drop_frac=drop_frac, keep_all_samples=keep_all_samples,  # type: ignore[arg-type]
-        unknown_labels=unknown_labels, seed=seed,  # type: ignore[arg-type]
+        unknown_labels=unknown_labels,  # type: ignore[arg-type]
     )
     result = run_prep_expr(workdir, cfg, progress=not quiet, overwrite=overwrite)
     for line in result.warnings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import typer
@@ -15,6 +14,7 @@ from brcatool.cli.common import (
     WorkdirOpt,
     console,
     default_workdir,
+    fmt_metric,
     report_errors,
 )
 
@@ -107,14 +107,10 @@ def train(
         for col in ("repeat", "fold", "n", "F1", "PR-AUC", "ROC-AUC", "accuracy", "epoch"):
             table.add_column(col, justify="right")
         for f in result.per_fold:
-            scores = (_fmt(f[k]) for k in ("f1", "pr_auc", "roc_auc", "accuracy"))
+            scores = (fmt_metric(f[k]) for k in ("f1", "pr_auc", "roc_auc", "accuracy"))
             table.add_row(str(f["repeat"]), str(f["fold"]), str(f["n"]), *scores, str(f["best_epoch"]))
         m = result.metrics
         table.add_row("pooled", "", str(result.n_patients),
-                      *(_fmt(m[k]) for k in ("f1", "pr_auc", "roc_auc", "accuracy")), "", style="bold")
+                      *(fmt_metric(m[k]) for k in ("f1", "pr_auc", "roc_auc", "accuracy")), "", style="bold")
         console.print(table)
     console.print(result.summary(), soft_wrap=True)
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
