@@ -123,9 +123,11 @@ def resolve_encoder(wd: Workdir, encoder: str | None, *, required: bool = True) 
 
 
 def encoder_identity(wd: Workdir, encoder: str) -> dict[str, Any]:
-    """Encoder name, weights identity, dim and views from ``features/<encoder>/manifest.json``."""
+    """Encoder name, weights identity, dim and views of a finished embed (refuses an unfinished one)."""
+    from brcatool.embedding import feature_manifest
+
     path = wd.features_dir(encoder) / "manifest.json"
-    params = artifacts.read_json(path).get("params", {})
+    params = feature_manifest(wd, encoder).get("params", {})
     missing = [k for k in ("encoder", "weights", "dim") if k not in params]
     if missing:
         raise ArtifactError(f"features manifest lacks {', '.join(missing)}", path=path,
@@ -257,12 +259,13 @@ def _read_features(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[
 
     V, D = identity["views"], identity["dim"]
     out = np.zeros((P, V, n_max, D), dtype=dtype)
+    group = stores.feature_group(wd, encoder)
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("loading features", total=len(slide_ids))
         for p, items in per_patient.items():
             at = 0
             for k, n in items:
-                arr = stores.read_features(wd, encoder, slide_ids[k])
+                arr = np.asarray(group[slide_ids[k]][...])
                 if arr.shape[1] != n or arr.shape[2] != D or arr.shape[0] < V:
                     raise ArtifactError(
                         f"slide {slide_ids[k]} has features {arr.shape}, the index says "

@@ -96,9 +96,13 @@ def write_features(workdir: Workdir, encoder: str, slide_id: str, features: np.n
                                  chunks=(v, max(1, n), d), attrs=attrs)
 
 
+def feature_group(workdir: Workdir, encoder: str):
+    """The encoder's feature store; open it once and index ``group[slide_id]`` per slide."""
+    return artifacts.open_group(workdir.features_zarr(encoder), schema="feature-store")
+
+
 def read_features(workdir: Workdir, encoder: str, slide_id: str) -> np.ndarray:
-    group = artifacts.open_group(workdir.features_zarr(encoder), schema="feature-store")
-    return np.asarray(group[slide_id][...])
+    return np.asarray(feature_group(workdir, encoder)[slide_id][...])
 
 
 def feature_slides(workdir: Workdir, encoder: str) -> list[str]:

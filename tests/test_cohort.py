@@ -135,3 +135,13 @@ def test_half_written_prep_expr_outputs_are_refused(tmp_path: Path) -> None:
     prep.workdir.stage_manifest("prep-expr").unlink()
     with pytest.raises(ArtifactError, match="prep-expr did not finish"):
         load_cohort(prep.workdir)
+
+
+def test_unfinished_embed_is_refused(tmp_path: Path) -> None:
+    """embed marks its manifest complete last; train must not read a half-written feature store."""
+    prep = make_prepared_workdir(tmp_path / "wd", patients=12, patches=2, dim=4, genes=6, seed=0)
+    path = prep.workdir.features_dir(prep.encoder) / "manifest.json"
+    manifest = artifacts.read_json(path)
+    artifacts.write_json(path, {**manifest, "status": "running"})
+    with pytest.raises(ArtifactError, match="embedding did not finish"):
+        load_cohort(prep.workdir)

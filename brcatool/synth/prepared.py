@@ -137,7 +137,7 @@ def make_prepared_workdir(
                             schema="features")
     Manifest("embed", {"encoder": encoder, "weights": weights, "dim": dim, "views": views,
                        "input_size": 224}).write(wd.features_dir(encoder) / "manifest.json",
-                                                 counts={"slides": len(index_rows)})
+                                                 counts={"slides": len(index_rows)}, status="complete")
     for rows, columns, path, schema in ((slide_rows, tiling.SLIDE_COLUMNS, wd.slides_table, "slides"),
                                         (patch_rows, tiling.PATCH_COLUMNS, wd.patches_table, "patches")):
         table = pa.Table.from_pylist(rows, schema=tiling.arrow_schema(columns))
