@@ -47,10 +47,6 @@ class Cohort:
         return len(self.patient_ids)
 
     @property
-    def binary(self) -> bool:
-        return len(self.classes) == 2
-
-    @property
     def feat_dim(self) -> int:
         return 0 if self.features is None else int(self.features.shape[-1])
 

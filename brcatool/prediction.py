@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from brcatool import artifacts
-from brcatool import metrics as M
 from brcatool.artifacts import Workdir
 from brcatool.cohort import Cohort, load_cohort
 from brcatool.errors import ArtifactError, InputError
@@ -132,10 +131,6 @@ class Predictions:
     classes: list[str]
     task: str
     cohort: Cohort
-
-    def metrics(self) -> dict[str, float]:
-        return M.compute(self.table["target"].to_numpy(), oof_probs(self.table, self.classes),
-                         pred=self.table["pred"].to_numpy())
 
 
 def predict(run_dir: str | Path, workdir: str | Path | Workdir | None = None, *, mode: str = "ensemble",
