@@ -84,7 +84,6 @@ def ablate(
         print_summary(result)
 
 
-
 def print_summary(result: Any) -> None:
     """The ablation table (also used by `brcatool demo`)."""
     from rich.table import Table

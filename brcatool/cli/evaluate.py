@@ -54,7 +54,6 @@ def evaluate(
         print_result(result)
 
 
-
 def print_result(result: Any) -> None:
     """The metrics table and where the outputs are."""
     from rich.table import Table
