@@ -16,15 +16,9 @@ from typer.testing import CliRunner
 from brcatool import artifacts, stores
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError, InputError
+from brcatool.patchgrid import allocate, candidate_grid, select, tissue_mask
 from brcatool.synth import make_cohort
-from brcatool.tiling import (
-    TileConfig,
-    allocate,
-    candidate_grid,
-    run_tile,
-    select,
-    tissue_mask,
-)
+from brcatool.tiling import TileConfig, run_tile
 
 DATA = Path(__file__).parent / "data"
 BUDGET = 4
