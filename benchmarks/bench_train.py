@@ -42,7 +42,9 @@ def raw_limits(root: Path) -> None:
 
     from brcatool.cohort import load_cohort
     from brcatool.models import ModelConfig, build_model
-    from brcatool.training import Batcher, TrainConfig, _cpu_bf16, _forward, _threads, is_big
+    from brcatool.training import Batcher, TrainConfig, is_big
+    from brcatool.training.batching import _cpu_bf16, _forward
+    from brcatool.training.stage import _threads
 
     with Clock() as c:
         cohort = load_cohort(root)

@@ -138,7 +138,7 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- metrics
 def fold_metrics(oof: Any, classes: list[str]) -> list[dict[str, Any]]:
     """``eval_metrics`` of every (repeat, fold) of an oof table."""
-    from brcatool.prediction import oof_probs
+    from brcatool.training import oof_probs
 
     out = []
     for (r, k), part in sorted(oof.group_by(["repeat", "fold"]), key=lambda g: g[0]):
@@ -160,7 +160,7 @@ def summarise(per_fold: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
 
 def pooled_metrics(oof: Any, classes: list[str]) -> dict[str, float]:
     """Metrics of all out-of-fold rows of each repeat, averaged over repeats."""
-    from brcatool.prediction import oof_probs
+    from brcatool.training import oof_probs
 
     rows = [M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy())
             for _, part in sorted(oof.group_by("repeat"), key=lambda g: g[0])]
@@ -169,7 +169,7 @@ def pooled_metrics(oof: Any, classes: list[str]) -> dict[str, float]:
 
 
 def _ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
-    from brcatool.prediction import oof_probs
+    from brcatool.training import oof_probs
 
     return M.bootstrap_ci(table["target"].to_numpy(), oof_probs(table, classes),
                           pred=table["pred"].to_numpy(), groups=np.asarray(table["patient_id"].to_list()),
@@ -178,7 +178,7 @@ def _ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tup
 
 def _curves(table: Any, classes: list[str], out: Path, label: str) -> list[Path]:
     from brcatool import plots
-    from brcatool.prediction import oof_probs
+    from brcatool.training import oof_probs
 
     y, probs, pred = table["target"].to_numpy(), oof_probs(table, classes), table["pred"].to_numpy()
     return [plots.pr_curve(y, probs, classes, out / "pr_curve.png", title=f"Precision-recall: {label}"),
@@ -223,7 +223,7 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
         out_dir = run_dir / "eval"
     params = {**cfg.params(), "run": run_dir.name}
     manifest = Manifest("evaluate", params)
-    from brcatool.prediction import fold_model_paths
+    from brcatool.training import fold_model_paths
 
     inputs = [run_dir / "oof.parquet", *fold_model_paths(run_dir)]
     if other is not None:
@@ -305,7 +305,7 @@ def _evaluate_oof(wd: Workdir, run_dir: Path, out_dir: Path, info: dict[str, Any
                                                    out_dir / "plots" / "training_curves.png",
                                                    title=f"Training: {run_dir.name}"))
     if cfg.attention and info["has_attention"]:
-        from brcatool.prediction import predict
+        from brcatool.training import predict
 
         preds = predict(run_dir, wd, mode="oof", attention=True, device=cfg.device)
         _export_attention(wd, preds.attention, out_dir, cfg, res, progress)
@@ -319,7 +319,7 @@ def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[
                        cfg: EvaluateConfig, progress: bool) -> EvaluateResult:
     import polars as pl
 
-    from brcatool.prediction import fold_model_paths, load_fold_model, predict
+    from brcatool.training import fold_model_paths, load_fold_model, predict
 
     classes = info["classes"]
     preds = predict(run_dir, other, mode="ensemble", attention=cfg.attention and info["has_attention"],
@@ -327,7 +327,7 @@ def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[
     table = preds.table
     if table.height == 0:
         raise ArtifactError("has no patients with the modalities the run's models need", path=other.root)
-    from brcatool.prediction import oof_probs
+    from brcatool.training import oof_probs
 
     pooled = M.eval_metrics(table["target"].to_numpy(), oof_probs(table, classes),
                             pred=table["pred"].to_numpy())
@@ -360,116 +360,9 @@ def _export_attention(wd: Workdir, att: Any, out_dir: Path, cfg: EvaluateConfig,
     if att is None or att.height == 0:
         res.notes.append("the models returned no patch weights")
         return
+    from brcatool import patch_maps
+
     att = att.sort("patient_id", "slide_id", "patch_index")
     res.attention = artifacts.write_parquet(att, out_dir / "attention.parquet", schema="attention")
-    if cfg.top_k > 0:
-        if wd.patches_zarr.exists():
-            res.montages = _montages(wd, att, out_dir / "topk", cfg.top_k, progress)
-        else:
-            res.notes.append(f"no top-k montages: {wd.patches_zarr} does not exist (no patch images)")
-    if cfg.heatmaps:
-        res.heatmaps = _heatmaps(wd, att, out_dir / "heatmaps", res.notes, progress)
-
-
-def _bar(progress: bool) -> Any:
-    from rich.progress import Progress
-
-    return Progress(transient=True, disable=not progress)
-
-
-def _montages(wd: Workdir, att: Any, out: Path, k: int, progress: bool) -> int:
-    import polars as pl
-
-    from brcatool import plots, stores
-
-    top = att.sort("weight", descending=True).group_by("patient_id", maintain_order=True).head(k)
-    stores_cache: dict[str, Any] = {}
-    written = 0
-    groups = sorted(top.group_by("patient_id"), key=lambda g: g[0])
-    slides = {str(pid): sorted(ids) for pid, ids in
-              att.group_by("patient_id").agg(pl.col("slide_id").unique()).iter_rows()}
-    with _bar(progress) as bar:
-        task = bar.add_task("top-k montages", total=len(groups))
-        for (pid,), part in groups:
-            images, labels = [], []
-            slides_of = slides[str(pid)]
-            for sid, pidx, w in part.sort("weight", descending=True).select(
-                    "slide_id", "patch_index", "weight").iter_rows():
-                try:
-                    if sid not in stores_cache:
-                        stores_cache[sid] = stores.read_patches(wd, sid)
-                    arr = stores_cache[sid]
-                    images.append(np.asarray(arr[int(pidx)]))
-                    where = f"s{slides_of.index(sid) + 1} " if len(slides_of) > 1 else ""
-                    labels.append(f"{where}#{pidx} w={w:.3f}")
-                except (KeyError, FileNotFoundError, ArtifactError, IndexError):
-                    continue
-            if images:
-                plots.montage(images, labels, out / f"{pid}.png")
-                written += 1
-            bar.advance(task)
-    return written
-
-
-def _heatmaps(wd: Workdir, att: Any, out: Path, notes: list[str], progress: bool) -> int:
-    """Patch weights on the openslide thumbnail (else the tile stage's QC image) of each slide."""
-    if not wd.slides_table.is_file() or not wd.patches_table.is_file():
-        notes.append("no heatmaps: slides.parquet/patches.parquet missing (run `brcatool tile`)")
-        return 0
-    slides_t = artifacts.read_parquet(wd.slides_table, schema="slides")
-    patches_t = artifacts.read_parquet(wd.patches_table, schema="patches")
-    joined = att.join(patches_t.select("slide_id", "patch_index", "x", "y", "size", "mpp"),
-                      on=["slide_id", "patch_index"], how="inner")
-    meta = {r["slide_id"]: r for r in slides_t.iter_rows(named=True)}
-    written, missing = 0, 0
-    groups = sorted(joined.group_by("slide_id"), key=lambda g: g[0])
-    with _bar(progress) as bar:
-        task = bar.add_task("heatmaps", total=len(groups))
-        for (sid,), part in groups:
-            bar.advance(task)
-            row = meta.get(sid)
-            thumb, ds = _thumbnail(wd, sid, row) if row else (None, 1.0)
-            if thumb is None:
-                missing += 1
-                continue
-            mpp0 = float(row.get("mpp") or 0.0) or float(part["mpp"][0])
-            size0 = part["size"].to_numpy() * part["mpp"].to_numpy() / mpp0
-            xy = part.select("x", "y").to_numpy() / ds
-            boxes = np.column_stack([xy, size0 / ds, size0 / ds])
-            from brcatool import plots
-
-            plots.heatmap(thumb, boxes, part["weight"].to_numpy(), out / f"{sid}.png",
-                          title=f"{sid} ({part['patient_id'][0]})")
-            written += 1
-    if missing:
-        notes.append(f"no heatmap for {missing} slide(s): neither the slide file nor a QC thumbnail "
-                     "could be read")
-    return written
-
-
-def _thumbnail(wd: Workdir, sid: str, row: dict[str, Any]) -> tuple[np.ndarray | None, float]:
-    """(RGB thumbnail, level-0 px per thumbnail px) from the slide, else the QC PNG, else None."""
-    from brcatool.errors import BrcaError
-
-    path = Path(str(row.get("path") or ""))
-    if row.get("path") and not path.is_absolute():
-        path = wd.root / path
-    if row.get("path") and path.exists():
-        from brcatool import slides
-
-        try:
-            slide = slides.open_slide(path)
-            try:
-                return slides.read_thumbnail(slide, max_side=1024)
-            finally:
-                slide.close()
-        except BrcaError:
-            pass
-    qc = wd.qc_dir / f"{sid}.png"
-    if qc.is_file() and row.get("width"):
-        import cv2
-
-        img = cv2.imread(str(qc), cv2.IMREAD_COLOR)
-        if img is not None:
-            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), float(row["width"]) / img.shape[1]
-    return None, 1.0
+    res.montages, res.heatmaps = patch_maps.draw(wd, att, out_dir, top_k=cfg.top_k, heatmaps=cfg.heatmaps,
+                                                 notes=res.notes, progress=progress)

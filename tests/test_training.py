@@ -15,9 +15,8 @@ from brcatool.cli.app import app
 from brcatool.cohort import load_cohort, load_splits
 from brcatool.errors import ArtifactError, InputError
 from brcatool.expression import Recipe
-from brcatool.prediction import load_fold_model, predict
 from brcatool.synth import make_prepared_workdir
-from brcatool.training import TrainConfig, run_train
+from brcatool.training import TrainConfig, load_fold_model, predict, run_train
 
 FAST = dict(folds=3, epochs=25, lr=3e-3, hidden=16, heads=2, gene_tokens=2, batch_size=16, patience=6)
 

@@ -1,7 +1,7 @@
 """Prediction with a finished run's saved fold models: loading them, ensemble/OOF predict, attention.
 
-Kept apart from ``training`` (which it builds on: batching, inference, eligibility) so the
-train stage stays one readable module; nothing here trains or writes.
+Builds on ``batching`` (tensors, inference, eligibility) like the fold loop; nothing here trains
+or writes.
 """
 
 from __future__ import annotations
@@ -16,15 +16,7 @@ from brcatool import artifacts
 from brcatool.artifacts import Workdir
 from brcatool.cohort import Cohort, load_cohort
 from brcatool.errors import ArtifactError, InputError
-from brcatool.training import Batcher, _cpu_bf16, eligible, infer
-
-
-def oof_probs(oof: Any, classes: list[str]) -> np.ndarray:
-    """(n, C) probabilities from an oof table (binary: [1 - prob, prob])."""
-    if len(classes) == 2:
-        p = oof["prob"].to_numpy()
-        return np.stack([1 - p, p], axis=1)
-    return oof.select([f"prob_{c}" for c in classes]).to_numpy()
+from brcatool.training.batching import Batcher, _cpu_bf16, eligible, infer
 
 
 @dataclass

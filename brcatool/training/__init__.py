@@ -1,0 +1,21 @@
+"""The train stage as a package, along its seams (no torch at import time).
+
+- ``settings``: ``TrainSettings`` (shared with ``ablate``) and ``TrainConfig``
+- ``batching``: a cohort's tensors, the forward pass, inference, eligibility, ``oof_probs``
+- ``fold``: the inner split, the loss, ``train_fold`` (one fold)
+- ``stage``: cross-validation, run outputs, ``run_train``/``is_finished``/``load_result``
+- ``prediction``: a finished run's fold models: ``load_fold_model``, ``predict``
+"""
+
+from brcatool.training.batching import Batcher, eligible, infer, oof_probs
+from brcatool.training.fold import BIG_WORK, FoldOutput, is_big, train_fold
+from brcatool.training.prediction import FoldModel, Predictions, fold_model_paths, load_fold_model, predict
+from brcatool.training.settings import MISSING_MODES, TrainConfig, TrainSettings
+from brcatool.training.stage import TrainResult, fold_dirname, is_finished, load_result, run_train
+
+__all__ = [
+    "BIG_WORK", "MISSING_MODES", "Batcher", "FoldModel", "FoldOutput", "Predictions", "TrainConfig",
+    "TrainResult", "TrainSettings", "eligible", "fold_dirname", "fold_model_paths", "infer",
+    "is_big", "is_finished", "load_fold_model", "load_result", "oof_probs", "predict", "run_train",
+    "train_fold",
+]

@@ -1,0 +1,159 @@
+"""Tensors of a cohort, the forward pass and inference: what both the fold loop and prediction need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from brcatool.cohort import Cohort
+from brcatool.errors import ArtifactError, InputError
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown --device {name!r}", fix="use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for but no CUDA GPU is available", fix="use --device cpu")
+    return dev
+
+
+class Batcher:
+    """Tensors of one cohort (features stay float16 in memory; a batch is cast on the way)."""
+
+    def __init__(self, cohort: Cohort, expr: np.ndarray | None, *, gene: bool, image: bool,
+                 device: Any) -> None:
+        import torch
+
+        self.device = device
+        self.amp = device.type == "cuda"  # bf16 autocast; train_fold also turns it on for big CPU work
+        self.gene, self.image = gene, image
+        self.has_expr = torch.from_numpy(cohort.has_expr)
+        self.has_img = torch.from_numpy(cohort.has_img)
+        self.expr = torch.from_numpy(np.ascontiguousarray(expr)) if gene and expr is not None else None
+        if image:
+            if cohort.features is None:
+                raise ArtifactError("image features were not loaded", path=cohort.root)
+            feats = torch.from_numpy(cohort.features)
+            self.feats = feats.to(device) if device.type == "cuda" else feats
+            self.mask = torch.from_numpy(cohort.mask)
+            self.views = int(cohort.features.shape[1])
+
+    def batch(self, idx: np.ndarray, *, generator: Any = None, patch_dropout: float = 0.0,
+              modality_dropout: float = 0.0) -> dict[str, Any]:
+        """Inputs for patients ``idx``; with a generator: random view per patch and dropouts."""
+        import torch
+
+        it = torch.as_tensor(idx, dtype=torch.long)
+        dev, nb = self.device, self.device.type == "cuda"
+        has_expr, has_img = self.has_expr[it].clone(), self.has_img[it].clone()
+        out: dict[str, Any] = {"expr": None, "feats": None, "mask": None}
+        if self.gene and self.expr is not None:
+            out["expr"] = self.expr[it].to(dev, non_blocking=nb)
+        if self.image:
+            mask = self.mask[it]
+            n = max(int(mask.sum(1).max()), 1)  # patches are left-aligned: trim the padding
+            mask = mask[:, :n].clone()
+            b = len(idx)
+            if generator is not None and self.views > 1:
+                view = torch.randint(self.views, (b, n), generator=generator)
+            else:
+                view = torch.zeros((b, n), dtype=torch.long)
+            pos = torch.arange(n)[None, :].expand(b, n)
+            src = it.to(self.feats.device)
+            feats = self.feats[src[:, None], view.to(self.feats.device), pos.to(self.feats.device)]
+            if generator is not None and patch_dropout > 0:
+                drop = torch.rand((b, n), generator=generator) < patch_dropout
+                kept = mask & ~drop
+                mask = torch.where(kept.any(1, keepdim=True), kept, mask)  # keep >= 1 patch
+            out["feats"] = feats.to(dev, non_blocking=nb).float()
+            out["mask"] = mask.to(dev, non_blocking=nb)
+        if generator is not None and modality_dropout > 0 and self.gene and self.image:
+            both = has_expr & has_img
+            hit = (torch.rand(len(idx), generator=generator) < modality_dropout) & both
+            side = torch.rand(len(idx), generator=generator) < 0.5
+            has_expr &= ~(hit & side)
+            has_img &= ~(hit & ~side)
+            if out["mask"] is not None:
+                out["mask"] = out["mask"] & has_img[:, None].to(out["mask"].device)
+        out["has_expr"] = has_expr.to(dev, non_blocking=nb)
+        out["has_img"] = has_img.to(dev, non_blocking=nb)
+        return out
+
+
+def _forward(model: Any, b: dict[str, Any], device: Any, amp: bool) -> dict[str, Any]:
+    import torch
+
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        return model(b["expr"], b["feats"], b["mask"], b["has_expr"], b["has_img"])
+
+
+def _cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (else autocast would be slower, not faster)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _probs(logits: Any, n_classes: int) -> Any:
+    import torch
+
+    logits = logits.float()
+    if n_classes == 2:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def _run(model: Any, batcher: Batcher, idx: np.ndarray, batch_size: int) -> tuple[Any, np.ndarray | None]:
+    """Logits (n, n_out) on CPU and attention (n, N) padded to the cohort's N (None if absent)."""
+    import torch
+
+    model.eval()
+    logits, atts = [], []
+    n_max = batcher.mask.shape[1] if batcher.image else 0
+    with torch.no_grad():
+        for s in range(0, len(idx), batch_size):
+            out = _forward(model, batcher.batch(idx[s:s + batch_size]), batcher.device, batcher.amp)
+            logits.append(out["logits"].float().cpu())
+            if "attention" in out:
+                a = out["attention"].float().cpu().numpy()
+                atts.append(np.pad(a, ((0, 0), (0, n_max - a.shape[1]))))
+    n_out = model.cfg.n_out
+    lg = torch.cat(logits) if logits else torch.zeros((0, n_out))
+    return lg, (np.concatenate(atts) if atts else None)
+
+
+def infer(model: Any, batcher: Batcher, idx: np.ndarray, n_classes: int, *,
+          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities (n, C) and per-patch attention (n, N) (None when the model has none)."""
+    lg, att = _run(model, batcher, idx, batch_size)
+    return _probs(lg, n_classes).numpy().astype(np.float64), att
+
+
+def eligible(cohort: Cohort, fusion: str, missing: str) -> np.ndarray:
+    """Patients a fusion can use: every needed modality (drop) or at least one of them (mask)."""
+    from brcatool.models import FUSIONS
+
+    kind = FUSIONS.get(fusion)
+    if missing == "mask" and kind.uses_gene and kind.uses_image:
+        return cohort.has_expr | cohort.has_img
+    return cohort.available(gene=kind.uses_gene, image=kind.uses_image)
+
+
+
+def oof_probs(oof: Any, classes: list[str]) -> np.ndarray:
+    """(n, C) probabilities from an oof table (binary: [1 - prob, prob])."""
+    if len(classes) == 2:
+        p = oof["prob"].to_numpy()
+        return np.stack([1 - p, p], axis=1)
+    return oof.select([f"prob_{c}" for c in classes]).to_numpy()

@@ -1,0 +1,272 @@
+"""The train stage: the cross-validation loop, run outputs and finished runs (one fold: ``fold``)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brcatool import artifacts, config
+from brcatool import metrics as M
+from brcatool.artifacts import Manifest, Workdir
+from brcatool.cohort import Cohort, Splits, get_splits, load_cohort
+from brcatool.errors import ArtifactError
+from brcatool.training.batching import _device, eligible, oof_probs
+from brcatool.training.fold import FoldOutput, is_big, train_fold
+from brcatool.training.settings import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    name: str
+    run_dir: Path
+    task: str
+    classes: list[str]
+    n_patients: int
+    folds: int
+    repeats: int
+    metrics: dict[str, float]
+    per_fold: list[dict[str, Any]] = field(default_factory=list)
+    splits_created: bool = False
+    skipped: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        m = self.metrics
+        fmt = " ".join(f"{k} {m.get(k, math.nan):.3f}" if m.get(k) is not None else f"{k} n/a"
+                       for k in M.METRIC_NAMES)
+        return (f"{self.name}: {fmt} ({self.folds} folds x {self.repeats}, {self.n_patients} patients, "
+                f"{self.seconds:.1f} s) -> {self.run_dir}")
+
+
+
+def fold_dirname(repeat: int, fold: int, repeats: int = 1) -> str:
+    """``fold_<k>``; with several repeats ``repeat_<r>_fold_<k>``."""
+    return f"fold_{fold}" if repeats == 1 else f"repeat_{repeat}_fold_{fold}"
+
+
+
+def _oof_table(cohort: Cohort, outs: list[FoldOutput]) -> Any:
+    import polars as pl
+
+    frames = []
+    for o in outs:
+        cols: dict[str, Any] = {
+            "patient_id": [cohort.patient_ids[i] for i in o.val_idx],
+            "repeat": np.full(len(o.val_idx), o.repeat, dtype=np.int64),
+            "fold": np.full(len(o.val_idx), o.fold, dtype=np.int64),
+            "target": cohort.targets[o.val_idx],
+        }
+        if len(cohort.classes) == 2:
+            cols["prob"] = o.probs[:, 1]
+            cols["pred"] = (o.probs[:, 1] >= o.threshold).astype(np.int64)
+        else:
+            for c, name in enumerate(cohort.classes):
+                cols[f"prob_{name}"] = o.probs[:, c]
+            cols["pred"] = o.probs.argmax(1).astype(np.int64)
+        frames.append(pl.DataFrame(cols))
+    return pl.concat(frames).sort("repeat", "patient_id")
+
+
+def _metrics(oof: Any, outs: list[FoldOutput], classes: list[str]) -> dict[str, Any]:
+    per_fold = []
+    for o, (_, part) in zip(outs, sorted(oof.group_by(["repeat", "fold"]), key=lambda g: g[0]),
+                            strict=True):
+        m = M.compute(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy())
+        per_fold.append({"repeat": o.repeat, "fold": o.fold, "n": part.height, "threshold": o.threshold,
+                         "best_epoch": o.best_epoch, **m})
+    pooled_by_repeat = []
+    for _, part in sorted(oof.group_by("repeat"), key=lambda g: g[0]):
+        pooled_by_repeat.append(M.compute(part["target"].to_numpy(), oof_probs(part, classes),
+                                          pred=part["pred"].to_numpy()))
+    pooled = {k: float(np.nanmean([p[k] for p in pooled_by_repeat])) for k in M.METRIC_NAMES}
+    mean = {k: float(np.nanmean([f[k] for f in per_fold])) for k in M.METRIC_NAMES}
+    sd = {k: float(np.nanstd([f[k] for f in per_fold], ddof=1)) if len(per_fold) > 1 else math.nan
+          for k in M.METRIC_NAMES}
+    return {"classes": classes, "per_fold": per_fold, "fold_mean": mean, "fold_sd": sd,
+            "pooled": pooled, "pooled_per_repeat": pooled_by_repeat}
+
+
+def _default_name(cfg: TrainConfig, wd: Workdir) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{cfg.fusion}-{cfg.aggregator}-{stamp}"
+    name, i = base, 1
+    while wd.run_dir(name).exists():
+        i += 1
+        name = f"{base}-{i}"
+    return name
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), disable=not enabled,
+                    transient=True)
+
+
+def _threads(cohort: Cohort, cfg: TrainConfig, default: int) -> int:
+    """Torch threads: one for small models, and no more than the idle cores for big ones.
+
+    On a shared CPU, threads beyond the idle cores spin at every barrier: measured 5-15x slower
+    than one thread on a loaded 2-core machine.
+    """
+    if not is_big(cohort, cfg):
+        return 1
+    try:
+        idle = (os.cpu_count() or default) - os.getloadavg()[0]
+    except OSError:
+        return default
+    return max(1, min(default, int(idle + 0.5)))
+
+def _cross_validate(cohort: Cohort, splits: Splits, ok: np.ndarray, cfg: TrainConfig, name: str,
+                    device: Any, progress: bool) -> list[FoldOutput]:
+    outs: list[FoldOutput] = []
+    with _progress(progress) as bar:
+        folds_task = bar.add_task(f"{name}: folds", total=splits.repeats * splits.folds, info="")
+        ep_task = bar.add_task("  epochs", total=cfg.epochs, info="")
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            bar.update(ep_task, advance=1, info=f"val_loss {row['val_loss']:.3f}")
+
+        for r in range(splits.repeats):
+            for k in range(splits.folds):
+                tr, va = splits.indices(r, k)
+                tr, va = tr[ok[tr]], va[ok[va]]
+                if len(va) == 0 or len(np.unique(cohort.targets[tr])) < 2:
+                    raise ArtifactError(f"fold {k} (repeat {r}) has no usable patients after dropping "
+                                        "missing modalities", path=splits.path,
+                                        fix="use fewer --folds or --missing mask")
+                bar.reset(ep_task, total=cfg.epochs, description=f"  fold {k} epochs")
+                out = train_fold(cohort, tr, va, cfg, repeat=r, fold=k, device=device, on_epoch=on_epoch)
+                outs.append(out)
+                bar.advance(folds_task)
+                if progress:
+                    m = M.compute(cohort.targets[va], out.probs, threshold=out.threshold)
+                    bar.console.print(f"  fold {k}{f' (repeat {r})' if splits.repeats > 1 else ''}: "
+                                      f"{len(va)} patients, best epoch {out.best_epoch}, "
+                                      f"ROC-AUC {m['roc_auc']:.3f}, F1 {m['f1']:.3f}")
+
+    return outs
+
+
+def is_finished(workdir: Path | Workdir, cfg: TrainConfig) -> bool:
+    """Whether ``run_train(workdir, cfg)`` would reuse a finished run (same params, no --overwrite).
+
+    Raises like ``run_train`` when the run exists unfinished or with other parameters.
+    """
+    if not cfg.name:  # a new time-stamped name
+        return False
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    name = cfg.name
+    run_dir = wd.run_dir(name)
+    if not run_dir.exists():
+        return False
+    manifest = run_dir / "manifest.json"
+    if not manifest.exists() and not cfg.overwrite:
+        raise ArtifactError("exists but is not a finished run", path=run_dir,
+                            fix="pass --overwrite, or another --name")
+    return artifacts.check_params(manifest, cfg.params(), overwrite=cfg.overwrite, what=f"run {name!r}")
+
+
+def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = True,
+              cohort: Cohort | None = None, splits: Splits | None = None) -> TrainResult:
+    """Cross-validate one model and write ``runs/<name>/``.
+
+    ``cohort``/``splits`` let callers (ablate's sanity checks) pass a modified cohort, e.g. with
+    permuted labels, together with the saved split; normally both are loaded from the workdir.
+    """
+    import polars as pl
+
+    from brcatool.models import FUSIONS
+
+    t0 = time.perf_counter()
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    cfg.validate()
+    kind = FUSIONS.get(cfg.fusion)
+    device = _device(cfg.device)
+    name = cfg.name or _default_name(cfg, wd)
+    run_dir = wd.run_dir(name)
+    params = cfg.params()
+    if is_finished(wd, cfg):
+        return load_result(run_dir, skipped=True)
+
+    if cohort is None:
+        cohort = load_cohort(wd, encoder=cfg.encoder, images=kind.uses_image,
+                             expression=kind.uses_gene, progress=progress)
+    else:  # e.g. ablate's one cohort with both modalities: keep what this fusion uses
+        cohort = cohort.restrict(gene=kind.uses_gene, image=kind.uses_image)
+    created = False
+    if splits is None:
+        splits, created = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed)
+    elif splits.patient_ids != cohort.patient_ids:
+        raise ArtifactError("the split and the cohort list different patients", path=splits.path)
+    ok = eligible(cohort, cfg.fusion, cfg.missing)
+    if ok.sum() < 2 * splits.folds:
+        raise ArtifactError(f"only {int(ok.sum())} patients have the modalities {cfg.fusion!r} needs",
+                            path=wd.root, fix="check embed/prep-expr outputs, or try --missing mask")
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_threads(cohort, cfg, threads))
+    try:
+        outs = _cross_validate(cohort, splits, ok, cfg, name, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+    oof = _oof_table(cohort, outs)
+    mets = {"task": cohort.task, "fusion": cfg.fusion, "aggregator": cfg.aggregator,
+            **_metrics(oof, outs, list(cohort.classes))}
+    epochs = pl.DataFrame([row for o in outs for row in o.epochs])
+    split_ref = {"path": str(splits.path) if splits.path else None, "sha256": splits.sha256(),
+                 "cohort_hash": splits.cohort_hash, "folds": splits.folds, "repeats": splits.repeats,
+                 "seed": splits.seed}
+    manifest = Manifest("train", params)
+    for path in (wd.labels_table, wd.expression_table if kind.uses_gene else None,
+                 wd.recipe_settings if kind.uses_gene else None, splits.path):
+        if path is not None:
+            manifest.add_input(path)
+    if kind.uses_image and cohort.encoder:
+        enc = cohort.encoder["encoder"]
+        manifest.add_input(wd.features_dir(enc) / "manifest.json")
+        manifest.add_input(wd.features_index(enc))
+    seconds = time.perf_counter() - t0
+    with artifacts.atomic_path(run_dir) as tmp:
+        tmp.mkdir(parents=True)
+        config.write_yaml(cfg, tmp / "config.yaml")
+        artifacts.write_json(tmp / "splits_ref.json", split_ref)
+        for o in outs:
+            d = tmp / fold_dirname(o.repeat, o.fold, splits.repeats)
+            d.mkdir()
+            torch.save(o.checkpoint, d / "model.pt")
+        epochs.write_csv(tmp / "epochs.csv")
+        artifacts.write_parquet(oof, tmp / "oof.parquet", schema="oof")
+        artifacts.write_json(tmp / "metrics.json", M.json_safe(mets))
+        manifest.write(tmp / "manifest.json", counts={"patients": int(oof["patient_id"].n_unique()),
+                                                      "folds": splits.folds, "repeats": splits.repeats,
+                                                      "oof_rows": oof.height},
+                       name=name, splits=split_ref, encoder=cohort.encoder if kind.uses_image else {},
+                       device=str(device), seconds=round(seconds, 2))
+    return TrainResult(name=name, run_dir=run_dir, task=cohort.task, classes=list(cohort.classes),
+                       n_patients=int(oof["patient_id"].n_unique()), folds=splits.folds,
+                       repeats=splits.repeats, metrics=mets["pooled"], per_fold=mets["per_fold"],
+                       splits_created=created, seconds=seconds)
+
+
+def load_result(run_dir: Path, *, skipped: bool = False) -> TrainResult:
+    """A finished run's result from its files (used when a re-run finds it done)."""
+    run_dir = Path(run_dir)
+    man = artifacts.read_json(run_dir / "manifest.json")
+    mets = artifacts.read_json(run_dir / "metrics.json")
+    return TrainResult(name=run_dir.name, run_dir=run_dir, task=mets["task"], classes=mets["classes"],
+                       n_patients=man["counts"]["patients"], folds=man["counts"]["folds"],
+                       repeats=man["counts"]["repeats"], metrics=M.from_json_safe(mets["pooled"]),
+                       per_fold=M.from_json_safe(mets["per_fold"]),
+                       skipped=skipped, seconds=float(man.get("seconds", 0.0)))
