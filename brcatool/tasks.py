@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from brcatool.errors import InputError
+from brcatool.ids import patient_of
+from brcatool.tables import read_table
 
 #: PAM50 subtypes in the fixed class order of the ``pam50`` task.
 SUBTYPES: tuple[str, ...] = ("LumA", "LumB", "Her2", "Basal", "Normal")
@@ -244,8 +246,6 @@ def prepare_labels(path: Path, expr_patients: Sequence[str], warnings: list[str]
                    positive: Sequence[str] = (), unknown: str = "warn"):
     """Labels of the task: (labels frame, task, clinical patient ids)."""
     import polars as pl
-
-    from brcatool.expression import patient_of, read_table
 
     path = Path(path)
     df = read_table(path, numeric=False)

@@ -244,7 +244,7 @@ def test_recipe_matches_numpy_reference_on_random_data():
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 37])
 def test_quantiles_match_numpy(n):
-    from brcatool.recipe import _quantiles
+    from brcatool.expression.recipe import _quantiles
 
     rng = np.random.default_rng(n)
     T = rng.integers(0, 4, (6, n)).astype(np.float32)  # many ties

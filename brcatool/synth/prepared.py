@@ -16,7 +16,7 @@ import numpy as np
 from brcatool import artifacts, expression, stores, tiling
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.errors import InputError
-from brcatool.recipe import Recipe
+from brcatool.expression.recipe import Recipe
 from brcatool.synth.counts import gene_names
 from brcatool.synth.names import assign_subtypes, patient_barcodes, slide_name
 from brcatool.tasks import SUBTYPES

@@ -1,0 +1,125 @@
+"""Delimited and Parquet tables as read from the user: CSV/TSV (optionally .gz, ``#`` comment lines)
+or Parquet, with missing-value spellings and one-line errors naming the file.
+
+The bottom floor shared by the expression readers and the clinical (label) tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from brcatool.errors import InputError
+
+NULL_VALUES = ["", "NA", "N/A", "na", "nan", "NaN", "null", "NULL", "None"]
+#: Annotation columns that sit beside the gene id in GDC/cBioPortal matrices (not samples).
+ANNOTATION_COLUMNS = {"entrez_gene_id", "gene_name", "gene_type", "description", "name"}
+
+
+def table_format(path: Path) -> str:
+    """parquet, csv or tsv, from the file name (``.gz`` ignored)."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    return "csv" if name.endswith(".csv") else "tsv"
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def header(path: Path, sep: str) -> tuple[list[str], bool]:
+    """Column names, and whether ``#`` comment lines come first (cBioPortal style)."""
+    opener = gzip.open if is_gzip(path) else open
+    comments = False
+    try:
+        with opener(path, "rt", newline="") as fh:
+            for line in fh:
+                if line.startswith("#"):
+                    comments = True
+                elif line.strip():
+                    return next(csv.reader([line], delimiter=sep)), comments
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise InputError(f"cannot read as text ({exc})", path=path,
+                         fix="pass a CSV/TSV (optionally .gz) or Parquet file") from None
+    return [], comments
+
+
+def read_table(path: Path, *, numeric: bool):
+    """Read CSV/TSV/Parquet; with ``numeric`` every column after the first is Float32.
+
+    Duplicate column names are an error (polars would silently rename them).
+    """
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path, fix="check the path")
+    fmt, comments = table_format(path), False
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(path).names
+        except Exception as exc:  # noqa: BLE001 - any pyarrow failure: unreadable file
+            raise InputError(f"not a readable Parquet file ({exc})", path=path) from None
+    else:
+        names, comments = header(path, "," if fmt == "csv" else "\t")
+    if len(names) < 2:
+        raise InputError(f"table is empty or has {len(names)} column(s)", path=path,
+                         fix="pass a table with an id column and at least one data column"
+                         + ("" if fmt == "parquet" else "; is the separator right (.csv = comma, else tab)?"))
+    dup = [n for n, c in Counter(names).items() if c > 1]
+    if dup:
+        raise InputError(f"{len(dup)} duplicate column name(s), e.g. {dup[:3]}", path=path,
+                         fix="make column names (sample or gene ids) unique")
+    strings = {n for n in names[1:] if n.lower() in ANNOTATION_COLUMNS} | {names[0]}
+    schema = {n: (pl.String if (n in strings or not numeric) else pl.Float32) for n in names}
+    try:
+        if fmt == "parquet":
+            df = pl.read_parquet(path)
+            df = df.with_columns(pl.col(n).cast(t, strict=True) for n, t in schema.items())
+        else:
+            df = _read_csv(path, fmt, schema, comments)
+    except pl.exceptions.PolarsError:
+        if not numeric:
+            raise InputError("cannot be parsed as a table", path=path) from None
+        raise _non_numeric(path, names, strings) from None
+    extra = [n for n in strings if n != names[0]]
+    return df.drop(extra) if extra else df
+
+
+def _read_csv(path: Path, fmt: str, schema: dict, comments: bool):
+    """polars read_csv; spellings of missing values (NA) are only looked for when needed (2x slower)."""
+    import polars as pl
+
+    kw: dict[str, Any] = dict(separator="," if fmt == "csv" else "\t", schema_overrides=schema,
+                              infer_schema=False, comment_prefix="#" if comments else None)
+    try:
+        return pl.read_csv(path, **kw)
+    except pl.exceptions.PolarsError:
+        return pl.read_csv(path, null_values=NULL_VALUES, **kw)
+
+
+def _non_numeric(path: Path, names: list[str], strings: set[str]) -> InputError:
+    """Find the first non-numeric cell to name it in the error."""
+    import polars as pl
+
+    df = read_table(path, numeric=False)
+    total, first = 0, None
+    for name in names:
+        if name in strings:
+            continue
+        col = df[name]
+        bad = col.is_not_null() & ~col.is_in(NULL_VALUES) & col.cast(pl.Float64, strict=False).is_null()
+        n = int(bad.sum())
+        if n and first is None:
+            row = int(bad.arg_max())
+            first = f"{col[row]!r} in column {name!r}, row {df[names[0]][row]!r}"
+        total += n
+    return InputError(f"{total} non-numeric cell(s), first {first}", path=path,
+                      fix="expression values must be numbers; missing values may be empty or NA")
