@@ -278,12 +278,18 @@ def open_group(path: str | Path, *, schema: str, create: bool = False):
     if not path.exists():
         if not create:
             raise ArtifactError("Zarr store not found", path=path)
+        # built beside, then renamed in with a plain rename (never atomic_path's swap, which
+        # could replace a group that a concurrent process created and filled meanwhile)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_sibling(path)
         try:
-            with atomic_path(path) as tmp:
-                zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=schema_attrs(schema))
+            zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=schema_attrs(schema))
+            os.rename(tmp, path)
         except OSError:
             if not path.exists():  # else another process created it first: fine
                 raise
+        finally:
+            _remove(tmp)
     try:
         group = zarr.open_group(str(path), mode="r+" if create else "r", zarr_format=3)
     except Exception as exc:  # noqa: BLE001
