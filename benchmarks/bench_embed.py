@@ -23,7 +23,7 @@ def bare_forward(encoder: str, *, device: str, precision: str, batch: int, size:
     """Images/s of the model alone over ``patches`` images (after one warm-up batch)."""
     import torch
 
-    from brcatool.embedding import build_encoder, get_encoder, resolve_weights
+    from brcatool.encoders import build_encoder, get_encoder, resolve_weights
 
     torch.backends.cudnn.benchmark = True  # as run_embed does
     spec = get_encoder(encoder)
@@ -81,7 +81,8 @@ def main() -> None:
     import torch
 
     from brcatool.artifacts import Workdir
-    from brcatool.embedding import EmbedConfig, loader_defaults, resolve_device, run_embed
+    from brcatool.devices import resolve_device
+    from brcatool.embedding import EmbedConfig, loader_defaults, run_embed
     from brcatool.synth.patches import make_patch_workdir
 
     device = resolve_device(args.device)

@@ -1,9 +1,9 @@
-"""The embed stage: patch store -> CNN features, one Zarr array per slide.
+"""The embed stage: patch store -> encoder features, one Zarr array per slide.
 
-One registry names every encoder (input size, normalisation, output dim), so adding one is one
-entry. Weights come from torchvision's ImageNet cache, a local state_dict or a seeded random
-init, and their identity (name + sha256) goes into the manifest so `train` can refuse to mix
-features. Augmented views are computed here, once, so training never runs the CNN.
+Encoders (registry, weights, stain/augment transforms) live in :mod:`brcatool.encoders`; this
+module reads the patch store in batches, runs the encoder and writes features with a manifest
+that records the weights' identity, so `train` can refuse to mix features. Augmented views are
+computed here, once, so training never runs the encoder. ``run_embed`` is resumable per slide.
 """
 
 from __future__ import annotations
@@ -22,196 +22,14 @@ import numpy as np
 
 from brcatool import artifacts, stores
 from brcatool.artifacts import Workdir
-from brcatool.augment import JITTER, Macenko, augment, view_params
-from brcatool.errors import ArtifactError, InputError, OfflineError
+from brcatool.devices import resolve_device, resolve_precision
+from brcatool.encoders.augment import JITTER, Macenko, augment, view_params
+from brcatool.encoders.registry import get_encoder
+from brcatool.encoders.weights import build_encoder, resolve_weights
+from brcatool.errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# --------------------------------------------------------------------------- encoders registry
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How to build one encoder and what it expects and returns."""
-
-    name: str
-    arch: str  # torchvision model name whose weights it loads
-    dim: int
-    fixed_input: int | None = None  # models that only accept one size (ViT)
-    weights_enum: str = "DEFAULT"  # member of torchvision's weights enum for `imagenet`
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    extract: Callable[[Any], Any] | None = None  # full classifier -> feature extractor
-
-
-def _strip_head(net: nn.Module) -> nn.Module:
-    """Replace the final Linear of a torchvision classifier by Identity (pooled features out)."""
-    from torch import nn
-
-    for attr in ("fc", "classifier", "head", "heads"):
-        head = getattr(net, attr, None)
-        if isinstance(head, nn.Linear):
-            setattr(net, attr, nn.Identity())
-            return net
-        if isinstance(head, nn.Sequential):
-            linear = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
-            if linear:
-                head[linear[-1]] = nn.Identity()
-                return net
-    raise InputError(f"cannot find a Linear classification head on {type(net).__name__}",
-                     fix="pick one of the registered encoders (`brcatool embed --help`)")
-
-
-def _resnet_trunk(net: nn.Module) -> nn.Module:
-    """ResNet through layer3 + global average pooling: the usual 1024-d pathology baseline."""
-    from torch import nn
-
-    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
-                         net.layer3, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-
-
-REGISTRY: dict[str, EncoderSpec] = {}
-
-
-def register(spec: EncoderSpec) -> EncoderSpec:
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-register(EncoderSpec("resnet50", "resnet50", 2048, weights_enum="IMAGENET1K_V1"))
-register(EncoderSpec("resnet50-trunc", "resnet50", 1024, weights_enum="IMAGENET1K_V1",
-                     extract=_resnet_trunk))
-for _name, _dim in (("resnet18", 512), ("resnet34", 512), ("efficientnet_b0", 1280),
-                    ("mobilenet_v3_large", 1280)):
-    register(EncoderSpec(_name, _name, _dim))
-
-
-def get_encoder(name: str) -> EncoderSpec:
-    """The registered spec, or any torchvision classification model with a Linear head."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    import torchvision
-
-    if name in torchvision.models.list_models(module=torchvision.models) and not name.startswith(
-            ("inception", "googlenet", "squeezenet", "maxvit")):
-        from torch import nn
-
-        net = torchvision.models.get_model(name, weights=None)
-        linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        if linear:  # the head _strip_head removes; its input is the feature
-            return EncoderSpec(name, name, int(linear[-1].in_features),
-                               fixed_input=getattr(net, "image_size", None))
-    raise InputError(f"unknown encoder {name!r}",
-                     fix=f"use one of: {', '.join(REGISTRY)} (or another torchvision "
-                     "classification model name, e.g. resnet101)")
-
-
-# --------------------------------------------------------------------------- weights
-@dataclass(frozen=True)
-class Weights:
-    """Where weights come from and their identity; ``file`` is None for a random init."""
-
-    identity: str  # "random:<seed>" or "<name> sha256:<hex>"
-    source: str  # imagenet | path | random
-    file: Path | None = None
-    sha256: str | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def imagenet_cache_file(spec: EncoderSpec, variant: str | None = None) -> tuple[str, str, Path]:
-    """(enum name, url, file in the TORCH_HOME cache) of the encoder's ImageNet weights."""
-    import torch
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(spec.arch)
-    member = variant or spec.weights_enum
-    try:
-        w = enum[member] if member != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        raise InputError(f"no weights {member!r} for {spec.arch}",
-                         fix=f"use one of: {', '.join(m.name for m in enum)}") from None
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url.split("?")[0])
-    return f"{type(w).__name__}.{w.name}", w.url, path
-
-
-def resolve_weights(spec: EncoderSpec, weights: str, *, seed: int) -> Weights:
-    """Find (or download once) the weights file and fingerprint it; no model is built here."""
-    if weights == "random":
-        return Weights(f"random:{seed}", "random")
-    if weights == "imagenet" or weights.startswith("imagenet:"):
-        import torch
-
-        name, url, path = imagenet_cache_file(spec, weights.partition(":")[2] or None)
-        if not path.is_file():
-            try:
-                torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True,
-                                                   progress=False)
-            except Exception as exc:  # noqa: BLE001 - any network/IO failure means offline
-                raise OfflineError(
-                    f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
-                    f"({type(exc).__name__})", path=path,
-                    fix=f"copy {url} to that path (or set TORCH_HOME), or pass --weights PATH "
-                    "to a state_dict file, or --weights random for a test run") from None
-        digest = sha256_file(path)
-        return Weights(f"{name} sha256:{digest}", "imagenet", path, digest)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise InputError("weights file not found", path=path,
-                         fix="pass --weights imagenet, random, or the path of a state_dict file")
-    digest = sha256_file(path)
-    return Weights(f"{path.name} sha256:{digest}", "path", path, digest)
-
-
-def _load_state_dict(net: nn.Module, weights: Weights) -> None:
-    """Load a torchvision-style state_dict; only the classification head may be missing."""
-    import torch
-
-    try:
-        sd = torch.load(weights.file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot read weights ({type(exc).__name__}: {exc})", path=weights.file,
-                         fix="pass a file saved with torch.save(model.state_dict(), PATH)") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise InputError("does not hold a state_dict", path=weights.file)
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    missing, unexpected = net.load_state_dict(sd, strict=False)
-    head = ("fc.", "classifier.", "head.", "heads.")
-    missing = [k for k in missing if not k.startswith(head)]
-    unexpected = [k for k in unexpected if not k.startswith(head)]
-    if missing or unexpected:
-        raise InputError(
-            f"does not match the {type(net).__name__} architecture (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]})", path=weights.file,
-            fix="pass the state_dict of the torchvision model named by --encoder")
-
-
-def build_encoder(spec: EncoderSpec, weights: Weights, *, seed: int = 0) -> nn.Module:
-    """The feature extractor in eval mode: (B, 3, H, W) float -> (B, spec.dim)."""
-    import torch
-    import torchvision
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = torchvision.models.get_model(spec.arch, weights=None)
-    if weights.file is not None:
-        _load_state_dict(net, weights)
-    net = spec.extract(net) if spec.extract else _strip_head(net)
-    return net.eval()
-
 
 # --------------------------------------------------------------------------- dataset
 class PatchBatches:
@@ -272,41 +90,6 @@ def _worker_init(_: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-# --------------------------------------------------------------------------- device & precision
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but no CUDA GPU is visible to torch",
-                         fix="use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {name!r}", fix="use auto, cpu or cuda")
-    return name
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 (AVX512-BF16 or AMX); without it bf16 autocast is slower than fp32."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-def resolve_precision(name: str, device: str) -> str:
-    import torch
-
-    if name == "auto":
-        if device == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_bf16() else "fp32"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise InputError(f"unknown precision {name!r}", fix="use auto, fp32, bf16 or fp16")
-    return name
 
 
 # --------------------------------------------------------------------------- the stage

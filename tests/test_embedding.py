@@ -13,17 +13,9 @@ from typer.testing import CliRunner
 from brcatool import artifacts, stores
 from brcatool.artifacts import Workdir
 from brcatool.cli.app import app
-from brcatool.embedding import (
-    REGISTRY,
-    EmbedConfig,
-    build_encoder,
-    feature_identity,
-    feature_manifest,
-    get_encoder,
-    imagenet_cache_file,
-    resolve_weights,
-    run_embed,
-)
+from brcatool.embedding import EmbedConfig, feature_identity, feature_manifest, run_embed
+from brcatool.encoders import REGISTRY, build_encoder, get_encoder, resolve_weights
+from brcatool.encoders.weights import imagenet_cache_file
 from brcatool.errors import ArtifactError, InputError, OfflineError
 from brcatool.synth.patches import make_patch_workdir
 

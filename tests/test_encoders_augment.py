@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from brcatool.augment import Macenko, augment, view_params
+from brcatool.encoders.augment import Macenko, augment, view_params
 from brcatool.errors import InputError
 
 
