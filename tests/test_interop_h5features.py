@@ -1,0 +1,108 @@
+"""Readers of foreign feature files: every registered layout round-trips, bad files are one-line errors."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from brcatool.errors import InputError
+from brcatool.interop import h5features
+from brcatool.interop.h5features import LAYOUTS, ReadOptions, geometry_from_attrs, read_slide
+from brcatool.synth.foreign import (
+    clam_patch_attrs,
+    make_foreign_features,
+    trident_coords_attrs,
+    write_stamp,
+    write_trident,
+)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_layout_reads_back_features_and_level0_coords(tmp_path, layout):
+    fs = make_foreign_features(tmp_path, layout, patients=3, patches=5, dim=8)
+    found = LAYOUTS[layout].find(fs.source)
+    assert sorted(s for s, _ in found) == sorted(fs.features)
+    opts = ReadOptions(mpp=fs.mpp, coords_dir=fs.coords_dir)
+    for sid, path in found:
+        sf = read_slide(layout, sid, path, opts)
+        np.testing.assert_array_equal(sf.features, fs.features[sid])
+        np.testing.assert_array_equal(sf.coords, fs.coords[sid])
+        assert sf.geometry.size0 == pytest.approx(fs.size0)
+        assert sf.geometry.mpp0 == pytest.approx(fs.mpp)
+
+
+def test_clam_and_trident_attributes_give_the_patch_geometry(tmp_path):
+    clam = geometry_from_attrs(clam_patch_attrs("s", patch_size=256, patch_level=1, downsample=4.0,
+                                                level0=(40000, 30000)), ReadOptions(), tmp_path)
+    assert (clam.size0, clam.out_size, clam.level) == (1024.0, 256, 1)
+    assert (clam.width0, clam.height0) == (40000, 30000)
+    tri = geometry_from_attrs(trident_coords_attrs("s", patch_size=224, mag0=40, target_mag=10),
+                              ReadOptions(), tmp_path)
+    assert (tri.size0, tri.out_size, tri.mpp0) == (896.0, 224, pytest.approx(0.25))
+    with pytest.raises(InputError, match="no patch_size/patch_level"):
+        geometry_from_attrs({}, ReadOptions(), tmp_path)
+    assert geometry_from_attrs({}, ReadOptions(patch_size=300), tmp_path).size0 == 300.0
+
+
+def test_trident_job_folder_with_one_features_folder_is_found(tmp_path):
+    feats, coords = np.ones((2, 4), np.float32), np.array([[0, 0], [512, 0]])
+    write_trident(tmp_path, "conch_v1", "slideA", feats, coords)
+    assert [s for s, _ in LAYOUTS["trident"].find(tmp_path)] == ["slideA"]
+    write_trident(tmp_path, "uni_v1", "slideA", feats, coords)
+    with pytest.raises(InputError, match="several TRIDENT feature folders"):
+        LAYOUTS["trident"].find(tmp_path)
+
+
+def test_stamp_v1_coordinates_and_augmented_rows(tmp_path):
+    feats = np.arange(12, dtype=np.float16).reshape(3, 4)
+    coords_um = np.array([[0.0, 0.0], [256.0, 0.0], [0.0, 512.0]])
+    path = write_stamp(tmp_path, "s1", feats, coords_um, v1=True)
+    with h5py.File(path, "a") as f:  # STAMP v1 appended augmented copies after the clean rows
+        del f["augmented"]
+        f["augmented"] = np.array([False, False, True])
+    sf = read_slide("stamp", "s1", path, ReadOptions(mpp=0.5))
+    assert len(sf.features) == 2
+    np.testing.assert_array_equal(sf.coords, [[0, 0], [512, 0]])  # 256 µm / 0.5 µm/px
+    assert sf.extractor.startswith("STAMP-extract")
+    with pytest.raises(InputError, match="µm/px"):
+        read_slide("stamp", "s1", path, ReadOptions())
+
+
+def _h5(path, **datasets):
+    with h5py.File(path, "w") as f:
+        for k, v in datasets.items():
+            f[k] = v
+        if "coords" in datasets:
+            for k, v in trident_coords_attrs("x").items():
+                f["coords"].attrs[k] = v
+    return path
+
+
+F4, C2 = np.ones((3, 4), np.float32), np.zeros((2, 2))
+
+
+@pytest.mark.parametrize(("datasets", "message"), [
+    ({"features": F4, "coords": C2}, "3 feature rows but 2 coordinates"),
+    ({"features": np.full((2, 4), np.nan, np.float32), "coords": np.zeros((2, 2))}, "8 NaN/inf"),
+    ({"features": np.ones((2, 4, 1), np.float32), "coords": np.zeros((2, 2))}, "expected \\(patches, dim\\)"),
+    ({"feats": np.ones((2, 4), np.float32), "coords": np.zeros((2, 2))}, "no 'features' dataset"),
+    ({"features": np.ones((0, 4), np.float32), "coords": np.zeros((0, 2))}, "holds no patches"),
+])
+def test_malformed_files_are_one_line_input_errors(tmp_path, datasets, message):
+    path = _h5(tmp_path / "bad.h5", **datasets)
+    with pytest.raises(InputError, match=message) as exc:
+        read_slide("trident", "bad", path, ReadOptions())
+    assert "\n" not in exc.value.one_line() and str(path) in exc.value.one_line()
+
+
+def test_a_file_that_is_not_hdf5_is_an_input_error(tmp_path):
+    path = tmp_path / "x.h5"
+    path.write_text("not hdf5")
+    with pytest.raises(InputError, match="not a readable HDF5"):
+        read_slide("clam", "x", path, ReadOptions())
+
+
+def test_unknown_layout_names_the_choices():
+    with pytest.raises(InputError, match="clam, trident, stamp, pt"):
+        h5features.get_layout("hest")
