@@ -8,6 +8,7 @@ import typer
 
 from brcatool import __version__
 from brcatool.cli import ablate, demo, embed, evaluate, prep_expr, synth, tile, train
+from brcatool.cli import import_features as import_features_cli
 
 app = typer.Typer(
     name="brcatool",
@@ -38,6 +39,7 @@ def root(
 app.command("synth")(synth.synth)
 app.command("tile")(tile.tile)
 app.command("embed")(embed.embed)
+app.command("import-features")(import_features_cli.import_features)
 app.command("prep-expr")(prep_expr.prep_expr)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
