@@ -22,6 +22,7 @@ from typing import Any
 
 from brcatool import __version__
 from brcatool.errors import ArtifactError
+from brcatool.names import check_name, file_name
 
 #: Current version of every stored schema. Bump a number when its layout changes.
 SCHEMAS: dict[str, int] = {
@@ -47,33 +48,55 @@ DEFAULT_WORKDIR = "brcatool-work"
 # --------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class Workdir:
-    """Names of every artifact inside one workdir."""
+    """Names of every artifact inside one workdir.
+
+    Ids and names reach paths only through ``brcatool.names`` (slide, patient and encoder ids
+    are mapped to safe file names, run and ablation names are checked). ``redirects`` (made by
+    ``replacing``) sends chosen outputs to a staging path while everything else is read in place.
+    """
 
     root: Path
+    redirects: tuple[tuple[Path, Path], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    def _at(self, path: Path) -> Path:
+        for final, staged in self.redirects:
+            if path == final:
+                return staged
+            if final in path.parents:
+                return staged / path.relative_to(final)
+        return path
+
     # tile
     @property
     def slides_table(self) -> Path:
-        return self.root / "slides.parquet"
+        return self._at(self.root / "slides.parquet")
 
     @property
     def patches_table(self) -> Path:
-        return self.root / "patches.parquet"
+        return self._at(self.root / "patches.parquet")
 
     @property
     def patches_zarr(self) -> Path:
-        return self.root / "patches.zarr"
+        return self._at(self.root / "patches.zarr")
 
     @property
     def qc_dir(self) -> Path:
-        return self.root / "qc"
+        return self._at(self.root / "qc")
+
+    def qc_image(self, slide_id: str) -> Path:
+        return self.qc_dir / f"{file_name(slide_id)}.png"
+
+    @property
+    def tile_parts(self) -> Path:
+        """Per-slide records of an unfinished or resumable tile run (``slides/`` holds id files)."""
+        return self._at(self.root / ".tile-parts")
 
     # embed
     def features_dir(self, encoder: str) -> Path:
-        return self.root / "features" / encoder
+        return self._at(self.root / "features" / file_name(encoder))
 
     def features_zarr(self, encoder: str) -> Path:
         return self.features_dir(encoder) / "features.zarr"
@@ -82,50 +105,62 @@ class Workdir:
         return self.features_dir(encoder) / "index.parquet"
 
     def available_encoders(self) -> list[str]:
+        """Names of encoders with an embed manifest (the name recorded there, not the folder's)."""
         base = self.root / "features"
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if (p / "manifest.json").is_file())
+        out = []
+        for p in base.iterdir():
+            man = p / "manifest.json"
+            if p.name.startswith(".") or not man.is_file():
+                continue
+            try:
+                name = json.loads(man.read_text()).get("params", {}).get("encoder") or p.name
+            except (OSError, ValueError, AttributeError):
+                name = p.name
+            if file_name(str(name)) == p.name:
+                out.append(str(name))
+        return sorted(out)
 
     # prep-expr
     @property
     def expression_table(self) -> Path:
-        return self.root / "expression.parquet"
+        return self._at(self.root / "expression.parquet")
 
     @property
     def labels_table(self) -> Path:
-        return self.root / "labels.parquet"
+        return self._at(self.root / "labels.parquet")
 
     @property
     def cohort_table(self) -> Path:
-        return self.root / "cohort.parquet"
+        return self._at(self.root / "cohort.parquet")
 
     @property
     def recipe_settings(self) -> Path:
-        return self.root / "recipe.json"
+        return self._at(self.root / "recipe.json")
 
     # train / evaluate / ablate
     @property
     def splits(self) -> Path:
-        return self.root / "splits.json"
+        return self._at(self.root / "splits.json")
 
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
     def run_dir(self, name: str) -> Path:
-        return self.runs_dir / name
+        return self._at(self.runs_dir / check_name(name, what="run name"))
 
     @property
     def ablations_dir(self) -> Path:
         return self.root / "ablations"
 
     def ablation_dir(self, name: str) -> Path:
-        return self.ablations_dir / name
+        return self._at(self.ablations_dir / check_name(name, what="ablation name"))
 
     # manifests of stages whose outputs sit at the workdir root
     def stage_manifest(self, stage: str) -> Path:
-        return self.root / "manifests" / f"{stage}.json"
+        return self._at(self.root / "manifests" / f"{stage}.json")
 
     def require(self, path: Path, *, made_by: str) -> Path:
         """Return ``path`` or fail with a line telling which stage makes it."""
@@ -159,15 +194,15 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             trash = _tmp_sibling(final)
             os.replace(final, trash)
             os.replace(tmp, final)
-            _remove(trash)
+            remove(trash)
         else:
             os.replace(tmp, final)
     finally:
         if tmp.exists():
-            _remove(tmp)
+            remove(tmp)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -289,7 +324,7 @@ def open_group(path: str | Path, *, schema: str, create: bool = False):
             if not path.exists():  # else another process created it first: fine
                 raise
         finally:
-            _remove(tmp)
+            remove(tmp)
     try:
         group = zarr.open_group(str(path), mode="r+" if create else "r", zarr_format=3)
     except Exception as exc:  # noqa: BLE001
@@ -412,3 +447,4 @@ def check_params(manifest_path: str | Path, params: Mapping[str, Any], *, overwr
         path=manifest_path.parent if manifest_path.name == "manifest.json" else manifest_path,
         fix="pass --overwrite to replace it, or another --workdir",
     )
+

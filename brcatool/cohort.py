@@ -261,7 +261,7 @@ def _read_features(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[
         for p, items in per_patient.items():
             at = 0
             for k, n in items:
-                arr = np.asarray(group[slide_ids[k]][...])
+                arr = np.asarray(stores.member(group, slide_ids[k])[...])
                 if arr.shape[1] != n or arr.shape[2] != D or arr.shape[0] < V:
                     raise ArtifactError(
                         f"slide {slide_ids[k]} has features {arr.shape}, the index says "
@@ -312,10 +312,7 @@ def make_splits(cohort: Cohort, *, folds: int, repeats: int = 1, seed: int = 0) 
         raise InputError(f"--folds must be at least 2, got {folds}")
     if repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {repeats}")
-    counts = np.bincount(cohort.targets, minlength=len(cohort.classes))
-    if counts.max() < folds or cohort.n < folds:
-        raise InputError(f"{cohort.n} patients (largest class {counts.max()}) cannot fill {folds} folds",
-                         fix="lower --folds")
+    check_folds(cohort, folds)
     rskf = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     fold = np.full((repeats, cohort.n), -1, dtype=np.int64)
     import warnings
@@ -326,6 +323,28 @@ def make_splits(cohort: Cohort, *, folds: int, repeats: int = 1, seed: int = 0) 
             fold[i // folds, val] = i % folds
     return Splits(folds=folds, repeats=repeats, seed=seed, task=cohort.task,
                   patient_ids=list(cohort.patient_ids), fold=fold, cohort_hash=cohort.hash())
+
+
+def check_folds(cohort: Cohort, folds: int, usable: np.ndarray | None = None, *,
+                why: str = "") -> None:
+    """Refuse, naming the class, when the (usable) patients cannot fill ``folds`` stratified folds.
+
+    Every class needs 2 patients (one can then sit in training while another is validated; with
+    stratification a class of n >= 2 patients lands in n different folds), and the largest class
+    needs ``folds`` so that no validation fold is empty.
+    """
+    targets = cohort.targets if usable is None else cohort.targets[usable]
+    counts = np.bincount(targets, minlength=len(cohort.classes))
+    small = [(cohort.classes[c], int(n)) for c, n in enumerate(counts) if n < 2]
+    if small:
+        shown = ", ".join(f"{name!r} has {n} patient{'s' if n != 1 else ''}" for name, n in small)
+        raise InputError(f"class {shown}{why}: a class needs at least 2 patients to be both trained "
+                         f"on and validated in {folds}-fold cross-validation",
+                         fix="add patients of that class, or choose a task without it "
+                             "(prep-expr --task)")
+    if counts.max() < folds:
+        raise InputError(f"{len(targets)} patients{why} (largest class {counts.max()}) cannot fill "
+                         f"{folds} folds", fix=f"use --folds {max(2, int(counts.max()))} or fewer")
 
 
 def save_splits(splits: Splits, path: Path) -> Path:
@@ -377,13 +396,18 @@ def check_splits(splits: Splits, cohort: Cohort, *, folds: int | None = None,
 
 
 def get_splits(workdir: Path | Workdir, cohort: Cohort, *, folds: int, repeats: int = 1,
-               seed: int = 0) -> tuple[Splits, bool]:
-    """The saved split, checked against the cohort, or a new one saved now. Returns (splits, created)."""
+               seed: int = 0, save: bool = True) -> tuple[Splits, bool]:
+    """The saved split, checked against the cohort, or a new one. Returns (splits, created).
+
+    ``save=False`` leaves a new split unsaved (``splits.path`` None): the caller saves it with
+    ``save_splits`` once its run succeeded, so a failed first run leaves no split behind.
+    """
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     if wd.splits.exists():
         splits = load_splits(wd.splits)
         check_splits(splits, cohort, folds=folds, repeats=repeats)
         return splits, False
     splits = make_splits(cohort, folds=folds, repeats=repeats, seed=seed)
-    save_splits(splits, wd.splits)
+    if save:
+        save_splits(splits, wd.splits)
     return splits, True

@@ -36,8 +36,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise InputError(f"cannot read config file ({exc.strerror})", path=path) from None
     except UnicodeDecodeError:
         raise InputError("is not a text (UTF-8) file", path=path, fix="pass a YAML file") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise InputError(f"config file is {len(text)} characters, more than {MAX_CONFIG_CHARS}",
+                         path=path, fix="a config holds option values: keep it short")
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_bounded(text, path=path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -49,6 +52,55 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise InputError(f"must hold a mapping of option names to values, found {type(data).__name__}",
                          path=path, fix="write one `option: value` per line")
     return data
+
+
+#: Limits on a config file: characters, and values after expanding YAML aliases (``*name``),
+#: so a few hundred bytes of nested aliases (an "alias bomb") cannot cost gigabytes.
+MAX_CONFIG_CHARS = 1_000_000
+MAX_YAML_VALUES = 100_000
+
+
+def safe_load_bounded(text: str, *, path: str | Path | None = None,
+                      max_values: int = MAX_YAML_VALUES) -> Any:
+    """``yaml.safe_load`` that first counts the values the document expands to (aliases included)
+    and refuses, with one line, a document of more than ``max_values``."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, max_values)
+        if size > max_values:
+            raise InputError(f"expands to more than {max_values} values (nested YAML aliases?)",
+                             path=path, fix="write the values out; anchors/aliases (&a, *a) are for "
+                             "small reuse only")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, memo: dict[int, int], cap: int) -> int:
+    """Values ``node`` stands for once aliases are expanded (stops counting above ``cap``)."""
+    import yaml
+
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = cap + 1  # a node inside itself (recursive alias) counts as too big
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, memo, cap)
+        if total > cap:
+            break
+    memo[id(node)] = min(total, cap + 1)
+    return memo[id(node)]
 
 
 def from_mapping(cls: type[T], values: Mapping[str, Any], *, source: str | Path | None = None) -> T:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+_WORKER_TRACE = "Original Traceback (most recent call last)"
+
 
 class BrcaError(Exception):
     """An expected failure caused by input or state, not by a bug.
@@ -13,6 +15,11 @@ class BrcaError(Exception):
     """
 
     def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None):
+        if path is None and fix is None and _WORKER_TRACE in message:
+            # re-raised by torch's DataLoader from a worker process as type(message-with-traceback):
+            # keep the original one line (the traceback's last line, after the class name)
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
         self.message = message
         self.path = str(path) if path is not None else None
         self.fix = fix

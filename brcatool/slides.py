@@ -6,6 +6,7 @@ memory. Transparent areas (outside a scan's tiles) are composited onto white, as
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ _TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 
 # --------------------------------------------------------------------------- naming
 def slide_id_for(path: Path) -> str:
-    """File name without its extension(s) (a DICOM folder: the folder's name)."""
+    """File name without its extension(s) (a DICOM folder: the folder's name); a symlink's own
+    name, not its target's (links often carry the TCGA barcode the target lacks)."""
     if path.is_dir():
         return path.name
     name = path.name
@@ -76,7 +78,7 @@ def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
         if _is_dicom_dir(path):
             found.append(path)
             continue
-        for sub in sorted(path.rglob("*")):
+        for sub in _walk(path):
             if sub.is_file() and sub.suffix.lower() in SLIDE_SUFFIXES and not sub.name.startswith("."):
                 found.append(sub)
             elif sub.is_dir() and _is_dicom_dir(sub):
@@ -84,11 +86,26 @@ def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
     seen: set[Path] = set()
     unique = []
     for p in found:
-        key = p.resolve()
+        key = p.resolve()  # one file reached twice (a link and its target) is tiled once ...
         if key not in seen:
             seen.add(key)
-            unique.append(key)
+            unique.append(Path(os.path.abspath(p)))  # ... under the name it was found by
     return unique
+
+
+def _walk(root: Path) -> list[Path]:
+    """Everything under ``root``, sorted, following symlinked folders (each real folder once)."""
+    out: list[Path] = []
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a link loop or a second link to the same folder
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames.sort()
+        out.extend(Path(dirpath, n) for n in (*dirnames, *filenames))
+    return sorted(out)
 
 
 def read_slides_table(path: str | Path) -> list[tuple[Path, str | None]]:
@@ -117,7 +134,7 @@ def read_slides_table(path: str | Path) -> list[tuple[Path, str | None]]:
         sp = Path(p).expanduser()
         sp = sp if sp.is_absolute() else path.parent / sp
         pid = patients[i] if patients is not None and patients[i] not in (None, "") else None
-        rows.append((sp.resolve(), pid))
+        rows.append((Path(os.path.abspath(sp)), pid))  # a symlink keeps its own name (the slide id)
     return rows
 
 

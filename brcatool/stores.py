@@ -1,6 +1,7 @@
 """The two Zarr stores every image stage shares: patches (from ``tile``) and features (from ``embed``).
 
-Layouts (Zarr v3, one array per slide, named by ``slide_id``; each array written atomically):
+Layouts (Zarr v3, one array per slide, named by ``names.file_name(slide_id)`` (the id itself when
+it is a plain name, see ``brcatool.names``) and stamped with the id; each array written atomically):
 
 - ``patches.zarr/<slide_id>``: uint8 ``(n_patches, size, size, 3)``, one patch per chunk, sharded,
   row ``i`` = ``patches.parquet`` row with ``patch_index == i`` for that slide.
@@ -19,6 +20,10 @@ import numpy as np
 
 from brcatool import artifacts
 from brcatool.artifacts import Workdir
+from brcatool.errors import ArtifactError
+from brcatool.names import file_name
+
+ID_ATTR = "brcatool.id"  # the slide id an array holds (its name may be a mapped one)
 
 PATCH_SHARD = 64  # patches per shard file: few files, still cheap partial reads
 
@@ -45,11 +50,11 @@ def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
 
     artifacts.open_group(workdir.patches_zarr, schema="patch-store", create=True)
     with zarr.config.set({"codec_pipeline.batch_size": PATCH_SHARD}), \
-            artifacts.atomic_path(workdir.patches_zarr / slide_id) as tmp:
+            artifacts.atomic_path(workdir.patches_zarr / file_name(slide_id)) as tmp:
         arr = zarr.create_array(
             store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
             shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_patch_codec(),
-            attributes=dict(attrs or {}), zarr_format=3, overwrite=True)
+            attributes={**(attrs or {}), ID_ATTR: slide_id}, zarr_format=3, overwrite=True)
         with ThreadPoolExecutor(1) as writer:
             pending = None
             start = 0
@@ -62,7 +67,7 @@ def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
                 pending.result()
         if start != n:
             raise ValueError(f"{slide_id}: got {start} patches, expected {n}")
-    return workdir.patches_zarr / slide_id
+    return workdir.patches_zarr / file_name(slide_id)
 
 
 def write_patches(workdir: Workdir, slide_id: str, patches: np.ndarray,
@@ -78,11 +83,62 @@ def write_patches(workdir: Workdir, slide_id: str, patches: np.ndarray,
 def read_patches(workdir: Workdir, slide_id: str):
     """The slide's patch array (lazy Zarr array; index it to read)."""
     group = artifacts.open_group(workdir.patches_zarr, schema="patch-store")
-    return group[slide_id]
+    return member(group, slide_id)
+
+
+def member(group: Any, slide_id: str) -> Any:
+    """The array of ``slide_id`` in an open patch or feature store (KeyError when absent).
+
+    Reading it (``arr[...]``) turns a corrupt or missing chunk into one ArtifactError naming the
+    array and the stage to re-run, instead of a codec's traceback.
+    """
+    return _Checked(group[file_name(slide_id)], slide_id)
+
+
+class _Checked:
+    """A Zarr array whose reads fail with one line naming the array (see ``member``)."""
+
+    def __init__(self, arr: Any, slide_id: str) -> None:
+        self._arr, self._slide_id = arr, slide_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._arr, name)
+
+    def __getitem__(self, sel: Any) -> Any:
+        try:
+            return self._arr[sel]
+        except (IndexError, TypeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs and stores raise many kinds
+            where = str(getattr(self._arr, "store_path", "") or self._slide_id).removeprefix("file://")
+            feats = "features" in where.rsplit("/", 3)[0] if "/" in where else False
+            raise ArtifactError(
+                f"cannot read slide {self._slide_id!r} ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:160]}); the array is corrupt or incomplete",
+                path=where, fix=("delete that folder and re-run `brcatool embed` (it redoes only "
+                                 "missing slides)" if feats else "delete that folder and re-run "
+                                 "`brcatool tile` (it redoes only missing slides)")) from None
+
+
+def slide_ids(group_path: str | Path) -> list[str]:
+    """Ids of the complete arrays of a store (read from each array's stamp when its name is mapped)."""
+    import json
+
+    out = []
+    for name in artifacts.array_names(group_path):
+        sid = name
+        if "~" in name:
+            try:
+                meta = json.loads((Path(group_path) / name / "zarr.json").read_text())
+                sid = str(meta.get("attributes", {}).get(ID_ATTR, name))
+            except (OSError, ValueError):
+                continue
+        out.append(sid)
+    return sorted(out)
 
 
 def patch_slides(workdir: Workdir) -> list[str]:
-    return artifacts.array_names(workdir.patches_zarr)
+    return slide_ids(workdir.patches_zarr)
 
 
 def write_features(workdir: Workdir, encoder: str, slide_id: str, features: np.ndarray,
@@ -92,18 +148,18 @@ def write_features(workdir: Workdir, encoder: str, slide_id: str, features: np.n
     features = features.astype(np.float16, copy=False)
     artifacts.open_group(workdir.features_zarr(encoder), schema="feature-store", create=True)
     v, n, d = features.shape
-    return artifacts.write_array(workdir.features_zarr(encoder), slide_id, features,
-                                 chunks=(v, max(1, n), d), attrs=attrs)
+    return artifacts.write_array(workdir.features_zarr(encoder), file_name(slide_id), features,
+                                 chunks=(v, max(1, n), d), attrs={**(attrs or {}), ID_ATTR: slide_id})
 
 
 def feature_group(workdir: Workdir, encoder: str):
-    """The encoder's feature store; open it once and index ``group[slide_id]`` per slide."""
+    """The encoder's feature store; open it once and read ``member(group, slide_id)`` per slide."""
     return artifacts.open_group(workdir.features_zarr(encoder), schema="feature-store")
 
 
 def read_features(workdir: Workdir, encoder: str, slide_id: str) -> np.ndarray:
-    return np.asarray(feature_group(workdir, encoder)[slide_id][...])
+    return np.asarray(member(feature_group(workdir, encoder), slide_id)[...])
 
 
 def feature_slides(workdir: Workdir, encoder: str) -> list[str]:
-    return artifacts.array_names(workdir.features_zarr(encoder))
+    return slide_ids(workdir.features_zarr(encoder))

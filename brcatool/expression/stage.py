@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from brcatool.artifacts import Manifest, Workdir, check_params, fingerprint, write_json, write_parquet
+from brcatool.outputs import output_fingerprint
 from brcatool.errors import InputError
 from brcatool.expression.genes import load_panel, panel_columns
 from brcatool.expression.readers import read_expression
@@ -276,7 +277,9 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
         alignment = alignment_counts(cohort)
         counts.update(labelled=labels.height, included=alignment["included"])
         manifest.write(manifest_path, counts=counts, task=task_name, classes=classes,
-                       class_counts=class_counts, alignment=alignment, warnings=warnings)
+                       class_counts=class_counts, alignment=alignment, warnings=warnings,
+                       fingerprint=output_fingerprint(files=[wd.expression_table, wd.labels_table,
+                                                             wd.recipe_settings]))
         bar.update(step, advance=2)
     return PrepExprResult(wd.root, outputs, task_name, classes, class_counts, alignment, counts, warnings,
                           seconds=time.perf_counter() - t0)

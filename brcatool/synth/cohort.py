@@ -91,6 +91,12 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
         yield lambda: bar.advance(task)
 
 
+#: Bounds on what a synthetic cohort may ask for (it is drawn in memory on one machine).
+MAX_SLIDE_SIDE = 16384
+MAX_PATIENTS = 5000
+MAX_GENES = 60000
+
+
 def make_cohort(
     out: str | Path,
     *,
@@ -128,6 +134,11 @@ def make_cohort(
            "use e.g. (1, 2)")
     _check(min(slide_size) >= 256, f"slide size must be >= 256 px per side, got {slide_size}",
            "use e.g. 3072x2304")
+    _check(max(slide_size) <= MAX_SLIDE_SIDE, f"slide size must be <= {MAX_SLIDE_SIDE} px per side "
+           f"(a synthetic slide is drawn in memory), got {slide_size}", "use e.g. 3072x2304")
+    _check(patients <= MAX_PATIENTS and genes <= MAX_GENES,
+           f"at most {MAX_PATIENTS} patients and {MAX_GENES} genes, got {patients} and {genes}",
+           "a synthetic cohort is for tests and demos: use e.g. --patients 24 --genes 2000")
     _check(0.0 <= svs_fraction <= 1.0, f"svs fraction must be in [0, 1], got {svs_fraction}",
            "use e.g. 0.25")
     _check(genes >= 60, f"need >= 60 genes (50 PAM50 + filler), got {genes}", "use e.g. 2000")

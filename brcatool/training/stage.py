@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, config
+from brcatool import artifacts, config, outputs
 from brcatool import metrics as M
 from brcatool.artifacts import Manifest, Workdir
-from brcatool.cohort import Cohort, Splits, get_splits, load_cohort
+from brcatool.cohort import Cohort, Splits, check_folds, get_splits, load_cohort, save_splits
 from brcatool.errors import ArtifactError
 from brcatool.training.batching import _device, eligible, oof_probs
 from brcatool.training.fold import FoldOutput, is_big, train_fold
@@ -172,7 +172,10 @@ def is_finished(workdir: Path | Workdir, cfg: TrainConfig) -> bool:
     if not manifest.exists() and not cfg.overwrite:
         raise ArtifactError("exists but is not a finished run", path=run_dir,
                             fix="pass --overwrite, or another --name")
-    return artifacts.check_params(manifest, cfg.params(), overwrite=cfg.overwrite, what=f"run {name!r}")
+    if not artifacts.check_params(manifest, cfg.params(), overwrite=cfg.overwrite, what=f"run {name!r}"):
+        return False
+    outputs.check_fresh(wd, manifest, what=f"run {name!r}", rerun=f"train --name {name} --overwrite")
+    return True
 
 
 def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = True,
@@ -203,11 +206,14 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     else:  # e.g. ablate's one cohort with both modalities: keep what this fusion uses
         cohort = cohort.restrict(gene=kind.uses_gene, image=kind.uses_image)
     created = False
+    ok = eligible(cohort, cfg.fusion, cfg.missing)
     if splits is None:
-        splits, created = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed)
+        check_folds(cohort, cfg.folds, ok, why=f" with the modalities {cfg.fusion!r} needs")
+        # a new split is saved only once this run succeeded: a failed first run leaves none behind
+        splits, created = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
+                                     save=False)
     elif splits.patient_ids != cohort.patient_ids:
         raise ArtifactError("the split and the cohort list different patients", path=splits.path)
-    ok = eligible(cohort, cfg.fusion, cfg.missing)
     if ok.sum() < 2 * splits.folds:
         raise ArtifactError(f"only {int(ok.sum())} patients have the modalities {cfg.fusion!r} needs",
                             path=wd.root, fix="check embed/prep-expr outputs, or try --missing mask")
@@ -221,6 +227,8 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     finally:
         torch.set_num_threads(threads)
 
+    if created:
+        save_splits(splits, wd.splits)
     oof = _oof_table(cohort, outs)
     mets = {"task": cohort.task, "fusion": cfg.fusion, "aggregator": cfg.aggregator,
             **_metrics(oof, outs, list(cohort.classes))}
@@ -233,10 +241,12 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
                  wd.recipe_settings if kind.uses_gene else None, splits.path):
         if path is not None:
             manifest.add_input(path)
+    used = [outputs.consumed(wd, "prep-expr", wd.stage_manifest("prep-expr"))]
     if kind.uses_image and cohort.encoder:
         enc = cohort.encoder["encoder"]
         manifest.add_input(wd.features_dir(enc) / "manifest.json")
         manifest.add_input(wd.features_index(enc))
+        used.append(outputs.consumed(wd, f"embed ({enc})", wd.features_dir(enc) / "manifest.json"))
     seconds = time.perf_counter() - t0
     with artifacts.atomic_path(run_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -253,7 +263,8 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
                                                       "folds": splits.folds, "repeats": splits.repeats,
                                                       "oof_rows": oof.height},
                        name=name, splits=split_ref, encoder=cohort.encoder if kind.uses_image else {},
-                       device=str(device), seconds=round(seconds, 2))
+                       device=str(device), seconds=round(seconds, 2), consumed=used,
+                       fingerprint=outputs.output_fingerprint(name, files=[tmp / "oof.parquet"]))
     return TrainResult(name=name, run_dir=run_dir, task=cohort.task, classes=list(cohort.classes),
                        n_patients=int(oof["patient_id"].n_unique()), folds=splits.folds,
                        repeats=splits.repeats, metrics=mets["pooled"], per_fold=mets["per_fold"],
