@@ -1,8 +1,10 @@
 """Classification metrics (scikit-learn underneath), one dict per set of predictions.
 
 Binary: F1 at a threshold, PR-AUC (= average precision), ROC-AUC, accuracy.
-Multiclass: macro F1, macro one-vs-rest PR-AUC and ROC-AUC, accuracy.
-A metric that is undefined on the data (e.g. AUC with one class present) is NaN.
+Multiclass: macro F1, macro one-vs-rest PR-AUC and ROC-AUC, accuracy. One rule for every macro
+average: a class absent from the true labels is left out of it (a fold or resample without a rare
+subtype scores the classes it has). A metric that is undefined on the data (e.g. AUC with one
+class present) is NaN.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def binary_metrics(y: Sequence[int] | np.ndarray, prob: Sequence[float] | np.nda
 
 def multiclass_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray,
                        n_classes: int | None = None) -> dict[str, float]:
-    """Macro metrics of class probabilities ``probs`` (n, C); classes absent from ``y`` are skipped."""
+    """Macro metrics of class probabilities ``probs`` (n, C); classes absent from ``y`` are skipped
+    by every macro average (F1, PR-AUC, ROC-AUC, balanced accuracy alike)."""
     from sklearn import metrics as skm
 
     y = np.asarray(y, dtype=np.int64)
@@ -61,7 +64,7 @@ def multiclass_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray,
         return _ovr(score, y, probs, n_classes)
 
     return {
-        "f1": _safe(lambda: skm.f1_score(y, pred, average="macro", labels=list(range(n_classes)),
+        "f1": _safe(lambda: skm.f1_score(y, pred, average="macro", labels=sorted(set(y.tolist())),
                                          zero_division=0)),
         "pr_auc": _safe(lambda: ovr(skm.average_precision_score)),
         "roc_auc": _safe(lambda: ovr(skm.roc_auc_score)),
@@ -241,7 +244,9 @@ def weighted_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray,
         out["f1"] = f1_c[:, 1]
         out["roc_auc"], out["pr_auc"] = _ranking(probs[:, 1], Y[:, 1], w)
     else:
-        out["f1"] = f1_c.mean(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["f1"] = np.nanmean(np.where(t > 0, f1_c, np.nan), axis=1)  # absent classes skipped
         rocs, aps = zip(*(_ranking(probs[:, c], Y[:, c], w) for c in range(C)), strict=True)
         roc, ap = np.stack(rocs, 1), np.stack(aps, 1)  # NaN where a class is absent or alone
         ok = np.isfinite(roc).sum(1) >= 2

@@ -40,6 +40,17 @@ def test_multiclass_macro_by_hand() -> None:
     assert M.compute(y, probs)["accuracy"] == m["accuracy"]
 
 
+def test_absent_classes_leave_every_macro_average_alike() -> None:
+    """A fold without class 2: macro F1 skips it as macro ROC/PR-AUC do (it used to count as 0)."""
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
+    m = M.multiclass_metrics(y, probs)
+    assert m["f1"] == pytest.approx(1.0) and m["roc_auc"] == pytest.approx(1.0)
+    assert m["pr_auc"] == pytest.approx(1.0)
+    boot = M.weighted_metrics(y, probs, probs.argmax(1), np.ones((1, 4)))
+    assert boot["f1"][0] == pytest.approx(1.0) and boot["balanced_accuracy"][0] == pytest.approx(1.0)
+
+
 def test_undefined_metrics_are_nan_and_json_safe() -> None:
     m = M.binary_metrics([1, 1, 1], [0.2, 0.8, 0.9])
     assert math.isnan(m["roc_auc"]) and math.isnan(m["pr_auc"])

@@ -38,13 +38,14 @@ class ModelConfig:
     gene_tokens: int = 4
     xattn_dir: str = "gene2img"
     missing_tokens: bool = False
+    feature_norm: bool = True  # scale-free patch tokens and pooled image embedding (LayerNorm)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return cls(**d)
+        return cls(**{"feature_norm": False, **d})  # checkpoints from before feature_norm had none
 
 
 def build_model(cfg: ModelConfig) -> FusionModel:
@@ -89,14 +90,38 @@ class GeneBranch(nn.Module):
         return self.token_norm(self.to_tokens(emb).view(b, self.n_tokens, h))
 
 
+class ScaleFreeNorm(nn.Module):
+    """LayerNorm of ``x / rms(x)``: the same as LayerNorm, but exact for any feature scale.
+
+    Stored patch features differ in scale by orders of magnitude between encoders (random-weight
+    ResNet-50: L2 norm ~1,000; others ~1-30); dividing by the RMS first keeps LayerNorm's epsilon
+    from mattering for tiny features, so ``x * 100`` and ``x * 0.01`` give the same tokens.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rms = x.float().pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-12)
+        return self.norm((x.float() / rms).to(x.dtype))
+
+
 class ImageBranch(nn.Module):
-    """Per-patch projection of stored features, then an aggregator over the valid patches."""
+    """Per-patch projection of stored features, then an aggregator over the valid patches.
+
+    With ``norm`` (the default), patch features are normalised before the projection and the
+    pooled embedding ends in a LayerNorm, like the gene embedding: neither branch can drown the
+    other by the scale of its inputs.
+    """
 
     def __init__(self, feat_dim: int, hidden: int, dropout: float, aggregator: str,
-                 missing_token: bool = False) -> None:
+                 missing_token: bool = False, norm: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(feat_dim, hidden), nn.GELU(), nn.Dropout(dropout))
+        layers: list[nn.Module] = [ScaleFreeNorm(feat_dim)] if norm else []
+        self.proj = nn.Sequential(*layers, nn.Linear(feat_dim, hidden), nn.GELU(), nn.Dropout(dropout))
         self.agg = AGGREGATORS.create(aggregator, hidden, hidden, dropout)
+        self.pool_norm = nn.LayerNorm(hidden) if norm else nn.Identity()
         self.missing = nn.Parameter(torch.zeros(hidden)) if missing_token else None
 
     def tokens(self, feats: torch.Tensor, mask: torch.Tensor,
@@ -113,7 +138,8 @@ class ImageBranch(nn.Module):
         return tok, mask
 
     def pool(self, tok: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.agg(tok, mask)
+        pooled, w = self.agg(tok, mask)
+        return self.pool_norm(pooled), w
 
 
 def _head(dim: int, n_out: int, dropout: float) -> nn.Module:
@@ -141,7 +167,7 @@ class FusionModel(nn.Module):
             self.gene = GeneBranch(cfg.n_genes, cfg.hidden, cfg.dropout, tokens, cfg.missing_tokens)
         if self.uses_image:
             self.image = ImageBranch(cfg.feat_dim, cfg.hidden, cfg.dropout, cfg.aggregator,
-                                     cfg.missing_tokens)
+                                     cfg.missing_tokens, cfg.feature_norm)
 
     def _image(self, feats: torch.Tensor, mask: torch.Tensor, has_img: torch.Tensor | None):
         tok, m = self.image.tokens(feats, mask, has_img if self.cfg.missing_tokens else None)
@@ -217,8 +243,10 @@ class LateFusion(FusionModel):
 class CrossAttentionFusion(FusionModel):
     """Multi-head cross-attention between gene tokens and patch tokens (torch's attention).
 
-    ``gene2img``: gene tokens query the patches; ``img2gene``: patches query the gene tokens and
-    are then pooled by the aggregator; ``both``: the two, concatenated.
+    ``gene2img``: gene tokens query the patches, with the aggregator's patch weights as a prior
+    on where they look (attention logits + log weight: ``mean`` = uniform = plain cross-attention,
+    ``abmil`` = a learned patch prior, trained through the attention); ``img2gene``: patches query
+    the gene tokens and are then pooled by the aggregator; ``both``: the two, concatenated.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -228,8 +256,14 @@ class CrossAttentionFusion(FusionModel):
             if d in ("gene2img", "both") else None
         self.i2g = nn.MultiheadAttention(h, cfg.heads, dropout=cfg.dropout, batch_first=True) \
             if d in ("img2gene", "both") else None
-        self.norm_g = nn.LayerNorm(h)
-        self.norm_i = nn.LayerNorm(h)
+        old = not cfg.feature_norm  # checkpoints from before feature_norm hold both norms
+        self.norm_g = nn.LayerNorm(h) if self.g2i is not None or old else None
+        self.norm_i = nn.LayerNorm(h) if self.i2g is not None or old else None
+        # checkpoints from before feature_norm had no aggregator prior on gene2img
+        self.prior = cfg.feature_norm and self.g2i is not None
+        if self.i2g is None:
+            self.image.pool_norm = nn.Identity()  # gene2img never pools the patch tokens
+        self.heads = cfg.heads
         self.head = _head(h * (2 if d == "both" else 1), cfg.n_out, cfg.dropout)
 
     def forward(self, expr, feats, mask, has_expr=None, has_img=None):
@@ -238,8 +272,12 @@ class CrossAttentionFusion(FusionModel):
         parts: list[torch.Tensor] = []
         out: dict[str, torch.Tensor] = {}
         if self.g2i is not None:
-            att, w = self.g2i(g_tok, p_tok, p_tok, key_padding_mask=~m, need_weights=True,
-                              average_attn_weights=True)  # w: (B, T, N), mean over heads
+            if self.prior:
+                att, w = self.g2i(g_tok, p_tok, p_tok, attn_mask=self._prior(p_tok, m, g_tok.shape[1]),
+                                  need_weights=True, average_attn_weights=True)
+            else:
+                att, w = self.g2i(g_tok, p_tok, p_tok, key_padding_mask=~m, need_weights=True,
+                                  average_attn_weights=True)  # w: (B, T, N), mean over heads
             parts.append(self.norm_g(g_tok + att).mean(dim=1))
             out["attention"] = _real_weights(w.mean(dim=1), has_img)
         if self.i2g is not None:
@@ -250,3 +288,10 @@ class CrossAttentionFusion(FusionModel):
             out[key] = _real_weights(w_mil, has_img)
         out["logits"] = self.head(torch.cat(parts, dim=-1))
         return out
+
+    def _prior(self, p_tok: torch.Tensor, m: torch.Tensor, n_queries: int) -> torch.Tensor:
+        """Additive attention mask (B * heads, T, N): log aggregator weight, -inf on padding."""
+        _, w = self.image.agg(p_tok, m)
+        bias = torch.where(m, torch.log(w.float().clamp_min(1e-12)), float("-inf")).to(p_tok.dtype)
+        b, n = bias.shape
+        return bias[:, None, None, :].expand(b, self.heads, n_queries, n).reshape(b * self.heads, n_queries, n)
