@@ -219,15 +219,34 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path, *, keys: Sequence[str] = (), made_by: str | None = None) -> Any:
+    """A JSON artifact; ``keys`` (dotted for nested ones, e.g. ``counts.folds``) must be present.
+
+    A missing file, broken JSON or a missing key is one ArtifactError naming the file and the
+    stage to re-run (``made_by``, e.g. ``train --name X --overwrite``).
+    """
     path = Path(path)
+    fix = f"re-run `brcatool {made_by}`" if made_by else "delete it and re-run the stage that wrote it"
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ArtifactError("not found", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path=path,
-                            fix="delete it and re-run the stage that wrote it") from None
+        raise ArtifactError("not found", path=path, fix=fix if made_by else None) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ArtifactError(f"is not valid JSON{where}", path=path, fix=fix) from None
+    missing = [k for k in keys if not _has_key(obj, k)]
+    if missing:
+        raise ArtifactError(f"lacks {', '.join(repr(k) for k in missing)} (incomplete or edited)",
+                            path=path, fix=fix)
+    return obj
+
+
+def _has_key(obj: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return False
+        obj = obj[part]
+    return True
 
 
 def _json_default(obj: Any) -> Any:

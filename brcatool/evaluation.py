@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, config
+from brcatool import artifacts, config, outputs
 from brcatool import metrics as M
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.errors import ArtifactError, InputError
+from brcatool.names import file_name
 
 
 @dataclass
@@ -126,13 +127,35 @@ def finished_runs(wd: Workdir) -> list[Path]:
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
-    mets = artifacts.read_json(run_dir / "metrics.json")
+    mets = artifacts.read_json(run_dir / "metrics.json", keys=("classes",),
+                               made_by=f"train --name {run_dir.name} --overwrite")
     cfg = config.load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     fusion = str(mets.get("fusion", cfg.get("fusion", "")))
     aggregator = str(mets.get("aggregator", cfg.get("aggregator", "")))
     weighs = fusion == "xattn" or (fusion != "gene" and aggregator == "abmil")
     return {"task": str(mets.get("task", "")), "classes": list(mets["classes"]), "fusion": fusion,
             "aggregator": aggregator, "has_attention": weighs}
+
+
+def _run_encoders(run_dir: Path) -> list[str]:
+    enc = artifacts.read_json(run_dir / "manifest.json").get("encoder") or {}
+    return [str(enc["encoder"])] if isinstance(enc, dict) and enc.get("encoder") else []
+
+
+def _refuse_overlap(run_dir: Path, other: Workdir) -> None:
+    """An external cohort must not hold patients the run was trained on (its metrics would be
+    in-sample): refuse with the count."""
+    trained = set(artifacts.read_parquet(run_dir / "oof.parquet", schema="oof", made_by="train")
+                  ["patient_id"].cast(str).to_list())
+    external = set(artifacts.read_parquet(other.labels_table, schema="labels", made_by="prep-expr")
+                   ["patient_id"].cast(str).to_list())
+    shared = sorted(trained & external)
+    if shared:
+        raise InputError(
+            f"{len(shared)} of its {len(external)} patients were in the training cohort of run "
+            f"{run_dir.name!r} (e.g. {', '.join(shared[:3])}): 'external' metrics would be in-sample",
+            path=other.root, fix="evaluate on a cohort without those patients (the out-of-fold "
+            "metrics of `brcatool evaluate` without --on already score every training patient)")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -218,9 +241,17 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
     if cfg.on is not None:
         other = Workdir(Path(cfg.on))
         other.require(other.labels_table, made_by="prep-expr")
-        out_dir = run_dir / "external" / Path(cfg.on).resolve().name
+        out_dir = run_dir / "external" / file_name(Path(cfg.on).resolve().name or "root")
+        _refuse_overlap(run_dir, other)
     else:
         out_dir = run_dir / "eval"
+        # the run and the features it read must still be what the workdir holds (attention rows
+        # index today's patch table)
+        outputs.check_fresh(wd, run_dir / "manifest.json", what=f"run {run_dir.name!r}",
+                            rerun=f"train --name {run_dir.name} --overwrite")
+        for enc in _run_encoders(run_dir):
+            outputs.check_fresh(wd, wd.features_dir(enc) / "manifest.json",
+                                what=f"features of encoder {enc!r}", rerun=f"embed --encoder {enc} --overwrite")
     params = {**cfg.params(), "run": run_dir.name}
     manifest = Manifest("evaluate", params)
     from brcatool.training import fold_model_paths
@@ -263,9 +294,14 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
     return res
 
 
+_EVAL_KEYS = ("scope", "task", "classes", "n_patients", "pooled", "fold_mean", "fold_sd", "ci95",
+              "per_fold", "plots", "montages", "heatmaps", "notes", "bootstrap")
+
+
 def load_result(run_dir: Path, out_dir: Path) -> EvaluateResult:
     """A finished evaluation from its ``metrics.json`` (re-runs with the same params skip)."""
-    d = artifacts.read_json(out_dir / "metrics.json")
+    d = artifacts.read_json(out_dir / "metrics.json", keys=_EVAL_KEYS,
+                            made_by=f"evaluate --run {run_dir.name} --overwrite")
 
     def nan(m: dict[str, Any]) -> dict[str, float]:
         return {k: float(v) for k, v in M.from_json_safe(m).items()}

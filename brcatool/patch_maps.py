@@ -14,6 +14,7 @@ import numpy as np
 from brcatool import artifacts
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError
+from brcatool.names import file_name
 
 
 def draw(wd: Workdir, weights: Any, out_dir: Path, *, top_k: int, heatmaps: bool, notes: list[str],
@@ -64,7 +65,7 @@ def _montages(wd: Workdir, att: Any, out: Path, k: int, progress: bool) -> int:
                 except (KeyError, FileNotFoundError, ArtifactError, IndexError):
                     continue
             if images:
-                plots.montage(images, labels, out / f"{pid}.png")
+                plots.montage(images, labels, out / f"{file_name(pid)}.png")
                 written += 1
             bar.advance(task)
     return written
@@ -97,7 +98,7 @@ def _heatmaps(wd: Workdir, att: Any, out: Path, notes: list[str], progress: bool
             boxes = np.column_stack([xy, size0 / ds, size0 / ds])
             from brcatool import plots
 
-            plots.heatmap(thumb, boxes, part["weight"].to_numpy(), out / f"{sid}.png",
+            plots.heatmap(thumb, boxes, part["weight"].to_numpy(), out / f"{file_name(sid)}.png",
                           title=f"{sid} ({part['patient_id'][0]})")
             written += 1
     if missing:
@@ -124,7 +125,7 @@ def _thumbnail(wd: Workdir, sid: str, row: dict[str, Any]) -> tuple[np.ndarray |
                 slide.close()
         except BrcaError:
             pass
-    qc = wd.qc_dir / f"{sid}.png"
+    qc = wd.qc_image(sid)
     if qc.is_file() and row.get("width"):
         import cv2
 

@@ -274,8 +274,11 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
 def load_result(run_dir: Path, *, skipped: bool = False) -> TrainResult:
     """A finished run's result from its files (used when a re-run finds it done)."""
     run_dir = Path(run_dir)
-    man = artifacts.read_json(run_dir / "manifest.json")
-    mets = artifacts.read_json(run_dir / "metrics.json")
+    again = f"train --name {run_dir.name} --overwrite"
+    man = artifacts.read_json(run_dir / "manifest.json", made_by=again,
+                              keys=("counts.patients", "counts.folds", "counts.repeats"))
+    mets = artifacts.read_json(run_dir / "metrics.json", keys=("task", "classes", "pooled", "per_fold"),
+                               made_by=again)
     return TrainResult(name=run_dir.name, run_dir=run_dir, task=mets["task"], classes=mets["classes"],
                        n_patients=man["counts"]["patients"], folds=man["counts"]["folds"],
                        repeats=man["counts"]["repeats"], metrics=M.from_json_safe(mets["pooled"]),
