@@ -1,7 +1,8 @@
 """Lock files that keep two processes (on one host or many, over shared storage) off one unit.
 
-A lock is a small JSON file (host, pid, process start, time taken, a random token) created with
-``O_CREAT | O_EXCL``, so exactly one creator wins, also on NFS v3+. The holder refreshes the
+A lock is a small JSON file (host, pid, process start, time taken, a random token) created
+atomically with its content (``_create``: a hard link, else ``O_CREAT | O_EXCL``), so exactly one
+creator wins, also on NFS v3+. The holder refreshes the
 file's mtime from a daemon thread (``heartbeat``), so a lock stays fresh while its process works.
 A lock is stale, and is taken over (and reported, see ``Lock.took_over``), when
 
@@ -33,6 +34,7 @@ log = logging.getLogger("brcatool.locks")
 
 STALE_AFTER = 900.0  # s without a heartbeat before a lock held on another host is taken over
 BREAK_STALE = 30.0  # s after which an abandoned ``.break`` file is removed
+UNREADABLE_STALE = 5.0  # s after which a lock file without readable content is stale
 
 
 class LockBusy(BrcaError):
@@ -103,12 +105,33 @@ def is_stale(path: str | Path, *, stale_after: float = STALE_AFTER) -> bool:
     if age > stale_after:
         return True
     info = read_info(path)
-    if info is None:  # being written right now (or garbage): stale only once old
-        return age > BREAK_STALE
+    if info is None:  # unreadable (O_EXCL fallback, killed while writing): stale once a bit old
+        return age > UNREADABLE_STALE
     return info.host == socket.gethostname() and not _alive_here(info)
 
 
 def _create(path: Path, info: LockInfo) -> bool:
+    """Create ``path`` holding ``info`` unless it exists; True if this call created it.
+
+    The content is written to a private file first and hard-linked to ``path`` (``link`` fails when
+    the name exists: the NFS-safe form of ``O_CREAT | O_EXCL``), so a lock file is never seen half
+    written, not even after a kill -9 between creating and writing. Where hard links are not
+    supported, ``O_CREAT | O_EXCL`` itself.
+    """
+    tmp = path.with_name(f".{path.name}.{info.token}")
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(info), fh)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this filesystem
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

@@ -1,10 +1,12 @@
 """The tile stage: tissue mask, patch grid, a seeded per-patient patch budget, the patch store.
 
-Three phases so a patient's slides share one budget and slides still run in parallel:
-1. scan each slide (mask + candidate grid; parallel), 2. split each patient's budget over its
-slides by candidate count, 3. read and store each slide's chosen patches (parallel).
-Each finished slide leaves a record under ``.tile-parts/`` (written last), so an interrupted
-run resumes and a re-run with the same parameters skips finished slides.
+The unit of work is a patient (its slides share one budget): ``tile_unit`` locks the patient's
+slides, scans each (mask + candidate grid), splits the budget by candidate count, reads and stores
+each slide's chosen patches and leaves a per-slide record under ``.tile-parts/`` (written last).
+Units run in-process, in a process pool, as one of N shards or as Dask tasks (``executors``); the
+merged tables are derived from the records by the run that finds every slide finished, so an
+interrupted run (or a killed shard) resumes and a re-run with the same parameters skips finished
+slides.
 """
 
 from __future__ import annotations
@@ -13,22 +15,23 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from brcatool import artifacts, slides, stores
+from brcatool import artifacts, locks, slides, stores
 from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
-from brcatool.errors import BrcaError, InputError
+from brcatool.errors import ArtifactError, BrcaError, InputError
+from brcatool.executors import RunOptions, make_executor
 from brcatool.patchgrid import allocate, candidate_grid, select, slide_rng, tissue_mask
 
 PARTS = ".tile-parts"
 QC_SIDE = 768  # long side of QC images (PNG encoding is a fixed cost per slide)
 READ_THREADS = 2  # patch-reading threads per slide (plus one writing the store)
-EXEC_ONLY = ("workers", "overwrite", "strict")  # options that do not change the outputs
+EXEC_ONLY = ("workers", "shard", "dask", "merge", "overwrite", "strict")  # do not change outputs
 
 
 @dataclass
@@ -48,7 +51,11 @@ class TileConfig:
     min_area: float = 5000.0  # µm²; smaller tissue components are dropped
     mpp_fallback: float | None = None  # level-0 µm/px for slides without usable metadata
     seed: int = 0
+    no_pixels: bool = False  # patches.parquet + QC only; embed reads the pixels from the slides
     workers: int = 1
+    shard: str | None = None  # "K/N": this process tiles a balanced subset of the patients
+    dask: str | None = None  # Dask scheduler address or "local:N"
+    merge: bool = False  # only write the merged tables from the finished records
     overwrite: bool = False
     strict: bool = False
 
@@ -69,6 +76,9 @@ class TileResult:
     n_patches: int
     n_skipped: int
     seconds: float
+    pending: int = 0  # slides left to other shards/processes (then no tables were written yet)
+    busy: int = 0  # slides this run found locked by another process
+    took_over: int = 0  # stale slide locks taken over (their process had died)
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.rows)
@@ -170,7 +180,7 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
     plan = slides.ReadPlan(**scan["plan"])
     xy, frac = scan["xy"][idx], scan["frac"][idx]
     try:
-        slide = slides.open_slide(entry.path)
+        slide = None if cfg.no_pixels else slides.open_slide(entry.path)
         try:
             def read(xy1: np.ndarray) -> np.ndarray:
                 return slides.read_patch(slide, int(xy1[0]), int(xy1[1]), plan)
@@ -188,9 +198,11 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
 
             attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
                      "size": plan.out_size, "level": plan.level}
-            stores.write_patch_batches(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
+            if slide is not None:  # --no-pixels: coordinates only, embed reads the slide
+                stores.write_patch_batches(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
         finally:
-            slide.close()
+            if slide is not None:
+                slide.close()
     except Exception as exc:  # noqa: BLE001
         return _failed(entry, exc, t0 - scan["seconds"])
     n = len(xy)
@@ -274,18 +286,91 @@ def _load_record(parts: Path, slide_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _map(pool: ProcessPoolExecutor | None, fn: Callable[..., Any], jobs: list[tuple],
-         ) -> Iterable[tuple[tuple, Any]]:
-    """(job, result) as each finishes: in worker processes, or inline with one worker."""
-    if pool is None:
-        for job in jobs:
-            yield job, fn(*job)
-        return
-    futures = {pool.submit(fn, *job): job for job in jobs}
-    for fut in as_completed(futures):
-        yield futures[fut], fut.result()
+# --------------------------------------------------------------------------- one unit: a patient
+def _complete(wd: Workdir, parts: Path, e: slides.SlideEntry, rec: dict[str, Any] | None,
+              group: list[slides.SlideEntry], cfg: TileConfig, *, failed_ok: bool = False) -> bool:
+    """Whether the slide's record is finished for this patient's slide set (failed: see failed_ok)."""
+    if rec is None or set(rec["counts"]) != {s.slide_id for s in group}:
+        return False
+    if rec.get("failed"):
+        return failed_ok
+    return rec["row"]["n_patches"] == 0 or (
+        (cfg.no_pixels or (wd.patches_zarr / e.slide_id / "zarr.json").is_file())
+        and (parts / f"{e.slide_id}.patches.parquet").is_file())
 
 
+def _lock_all(parts: Path, group: list[slides.SlideEntry]) -> list[locks.Lock] | None:
+    """Per-slide locks of the patient's slides, all or none (None: another process has one)."""
+    held = []
+    for sid in sorted(e.slide_id for e in group):
+        lock = locks.acquire(parts / "locks" / f"{sid}.lock")
+        if lock is None:
+            for h in held:
+                h.release()
+            return None
+        held.append(lock)
+    return held
+
+
+def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> dict[str, Any]:
+    """Tile one patient's slides (they share the patient's budget): the unit every executor runs.
+
+    Under the slides' lock files: scan, split the budget, read and store the chosen patches, then
+    write each slide's record (last). Returns ``{"rows", "skipped", "busy", "took_over"}``;
+    ``busy`` when another process holds one of the slides (it will finish them).
+    """
+    parts = wd.root / PARTS
+    held = _lock_all(parts, group)
+    if held is None:
+        return {"rows": {}, "skipped": 0, "busy": True, "took_over": []}
+    try:
+        records = {e.slide_id: _load_record(parts, e.slide_id) for e in group}
+        took_over = [f"{h.path.stem}: {h.took_over.describe()}" for h in held if h.took_over]
+        if all(_complete(wd, parts, e, records[e.slide_id], group, cfg) for e in group):
+            return {"rows": {e.slide_id: records[e.slide_id]["row"] for e in group},
+                    "skipped": len(group), "busy": False, "took_over": took_over}
+        scans = {e.slide_id: scan_slide(e, cfg, parts, wd.qc_dir) for e in group}
+        counts = {sid: scan["n_candidates"] for sid, scan in scans.items()}
+        alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
+        rows: dict[str, dict[str, Any]] = {}
+        skipped = 0
+        for e in group:
+            sid, scan, rec = e.slide_id, scans[e.slide_id], records[e.slide_id]
+            if rec is not None and rec["counts"] == counts and _complete(wd, parts, e, rec, group, cfg):
+                rows[sid] = rec["row"]
+                skipped += 1
+                (parts / f"{sid}.qc.npy").unlink(missing_ok=True)
+                continue
+            _record_path(parts, sid).unlink(missing_ok=True)
+            if scan["status"] == "ok" and alloc[sid] > 0:
+                idx = select(scan["xy"], alloc[sid], cfg.sampling, slide_rng(cfg.seed, e.patient_id, sid))
+                row = extract_slide(e, scan, idx, cfg, wd, parts)
+            else:
+                row = {**_row(scan), "n_patches": 0}
+                if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
+                    base = parts / f"{sid}.qc.npy"
+                    if base.is_file():
+                        _png(wd.qc_dir / f"{sid}.png", np.load(base))
+                        base.unlink()
+            row.setdefault("n_patches", 0)
+            rows[sid] = row
+            # failed slides are recorded too (the merge needs their rows) but retried by a re-run
+            write_json(_record_path(parts, sid), {"row": row, "counts": counts,
+                                                  "failed": row["status"] == "failed"})
+        return {"rows": rows, "skipped": skipped, "busy": False, "took_over": took_over}
+    finally:
+        for h in held:
+            h.release()
+
+
+def _unit_failed(group: list[slides.SlideEntry], exc: BaseException) -> dict[str, Any]:
+    """The unit's result when it raised or its worker died: every slide a failed row (not recorded)."""
+    t0 = time.perf_counter()
+    return {"rows": {e.slide_id: {**_failed(e, exc, t0), "n_patches": 0} for e in group},
+            "skipped": 0, "busy": False, "took_over": []}
+
+
+# --------------------------------------------------------------------------- the stage
 class _Bar:
     """Rich progress with slides/s and patches/s; silent when disabled."""
 
@@ -309,17 +394,26 @@ class _Bar:
         return step
 
 
+def _run_options(cfg: TileConfig) -> RunOptions:
+    opts = RunOptions(workers=cfg.workers, shard=cfg.shard, dask=cfg.dask, merge=cfg.merge)
+    opts.validate()
+    if cfg.overwrite and cfg.shard:
+        raise InputError("--overwrite with --shard would let each shard wipe the others' work",
+                         fix="run `brcatool tile --overwrite` once without --shard (or clear the workdir), "
+                             "then start the shards")
+    return opts
+
+
 def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) -> TileResult:
-    """Tile every slide into the workdir's patch store and tables, resuming finished slides."""
-    import multiprocessing
+    """Tile every slide (or this shard's) into the workdir's patch store, resuming finished slides.
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from brcatool.config import write_yaml
-
+    The tables are merged from the per-slide records by the run that finds every slide finished
+    (the last shard, a run without ``--shard``, or ``--merge``); until then ``TileResult.pending``
+    counts the slides left to other shards/processes and the tables are not written.
+    """
     t_start = time.perf_counter()
     validate(cfg)
+    opts = _run_options(cfg)
     wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
     entries = _entries(cfg)
     if not entries:
@@ -343,81 +437,74 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
         _wipe(wd)
     wd.qc_dir.mkdir(parents=True, exist_ok=True)
     write_json(parts / "params.json", {"params": artifacts.normalise(params)})
-    artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
+    if not cfg.no_pixels:
+        artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
 
     patients: dict[str, list[slides.SlideEntry]] = {}
     for e in uniq.values():
         patients.setdefault(e.patient_id, []).append(e)
-    records = {sid: _load_record(parts, sid) for sid in uniq}
+    mine = list(patients) if opts.shard_spec is None else \
+        opts.shard_spec.take({pid: len(group) for pid, group in patients.items()})
 
-    def complete(e: slides.SlideEntry) -> bool:
-        rec = records[e.slide_id]
-        if rec is None or set(rec["counts"]) != {s.slide_id for s in patients[e.patient_id]}:
-            return False
-        return rec["row"]["n_patches"] == 0 or (
-            (wd.patches_zarr / e.slide_id / "zarr.json").is_file()
-            and (parts / f"{e.slide_id}.patches.parquet").is_file())
+    def finished(pid: str, *, failed_ok: bool) -> bool:
+        group = patients[pid]
+        return all(_complete(wd, parts, e, _load_record(parts, e.slide_id), group, cfg, failed_ok=failed_ok)
+                   for e in group)
 
-    to_scan = [e for group in patients.values() if not all(map(complete, group)) for e in group]
-    rows: dict[str, dict[str, Any]] = {}
-    skipped = 0
+    todo = [] if opts.merge else [pid for pid in mine if not finished(pid, failed_ok=False)]
+    skipped = sum(len(patients[pid]) for pid in mine) - sum(len(patients[pid]) for pid in todo)
+    unrecorded: dict[str, dict[str, Any]] = {}  # failed rows of units that raised (never recorded)
+    busy = took_over = 0
     bar = _Bar(progress)
-    pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
-            if cfg.workers > 1 and len(to_scan) > 1 else None)
-    try:
-        with bar.progress:
-            step = bar.phase("scanning", len(to_scan))
-            scans = {}
-            for job, scan in _map(pool, scan_slide, [(e, cfg, parts, wd.qc_dir) for e in to_scan]):
-                scans[job[0].slide_id] = scan
-                step()
-            jobs, job_counts = [], {}  # counts: the patient's candidates, kept in the slide's record
-            for pid, group in patients.items():
-                if group[0].slide_id not in scans:  # every slide of the patient is finished
-                    rows.update({e.slide_id: records[e.slide_id]["row"] for e in group})
-                    skipped += len(group)
-                    continue
-                counts = {e.slide_id: scans[e.slide_id]["n_candidates"] for e in group}
-                alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
-                for e in group:
-                    sid, scan, rec = e.slide_id, scans[e.slide_id], records[e.slide_id]
-                    if rec is not None and rec["counts"] == counts and complete(e):
-                        rows[sid] = rec["row"]
-                        skipped += 1
-                        (parts / f"{sid}.qc.npy").unlink(missing_ok=True)
-                        continue
-                    _record_path(parts, sid).unlink(missing_ok=True)
-                    if scan["status"] == "ok" and alloc[sid] > 0:
-                        idx = select(scan["xy"], alloc[sid], cfg.sampling, slide_rng(cfg.seed, pid, sid))
-                        jobs.append((e, scan, idx, cfg, wd, parts))
-                        job_counts[sid] = counts
-                        continue
-                    rows[sid] = {**_row(scan), "n_patches": 0}
-                    if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
-                        base = parts / f"{sid}.qc.npy"
-                        if base.is_file():
-                            _png(wd.qc_dir / f"{sid}.png", np.load(base))
-                            base.unlink()
-                    if scan["status"] != "failed":
-                        write_json(_record_path(parts, sid), {"row": rows[sid], "counts": counts})
-            step = bar.phase("tiling", len(jobs))
-            for job, row in _map(pool, extract_slide, jobs):
-                sid = job[0].slide_id
-                rows[sid] = row
-                if row["status"] != "failed":
-                    write_json(_record_path(parts, sid), {"row": row, "counts": job_counts[sid]})
+    with bar.progress, make_executor(opts) as executor:
+        step = bar.phase("tiling", sum(len(patients[pid]) for pid in todo))
+        jobs = [(patients[pid], cfg, wd) for pid in todo]
+        for job, res in executor.map(tile_unit, jobs, lambda job, exc: _unit_failed(job[0], exc)):
+            skipped += res["skipped"]
+            busy += len(job[0]) if res["busy"] else 0
+            took_over += len(res["took_over"])
+            for sid, row in res["rows"].items():
+                if row["status"] == "failed" and _load_record(parts, sid) is None:
+                    unrecorded[sid] = row
                 step(row.get("n_patches", 0))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            for _ in range(len(job[0]) - len(res["rows"])):
+                step()
+    pending = [pid for pid in patients if not finished(pid, failed_ok=True)
+               and not all(e.slide_id in unrecorded for e in patients[pid])]
+    base = {"workdir": wd.root, "slides_table": wd.slides_table, "patches_table": wd.patches_table,
+            "n_patients": len(patients), "n_skipped": skipped, "busy": busy, "took_over": took_over}
+    if pending:
+        if opts.merge:
+            raise ArtifactError(f"{sum(len(patients[p]) for p in pending)} slide(s) are not tiled yet",
+                                path=parts, fix="run the remaining shards (or tile without --shard) first")
+        n_pending = sum(len(patients[p]) for p in pending)
+        return TileResult(**base, rows=[], n_patches=0, seconds=time.perf_counter() - t_start,
+                          pending=n_pending)
+    with locks.locked(parts / "locks" / "merge.lock", wait=600):
+        return _merge(wd, cfg, uniq, dup_rows, unrecorded, params, base, t_start)
 
+
+def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup_rows: list[dict[str, Any]],
+           unrecorded: dict[str, dict[str, Any]], params: dict[str, Any], base: dict[str, Any],
+           t_start: float) -> TileResult:
+    """slides.parquet, patches.parquet and the manifest, derived from the per-slide records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from brcatool.config import write_yaml
+
+    parts = wd.root / PARTS
+    rows = {sid: unrecorded.get(sid) or _load_record(parts, sid)["row"] for sid in uniq}
     out_rows = [{**rows[e.slide_id], "patient_id": e.patient_id, "path": str(e.path)}
                 for e in uniq.values()] + dup_rows
     for r in out_rows:
         r.setdefault("n_patches", 0)
     with_patches = [r["slide_id"] for r in out_rows if r["status"] == "ok" and r["n_patches"] > 0]
-    for name in set(artifacts.array_names(wd.patches_zarr)) - set(with_patches):
-        shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
+    if wd.patches_zarr.is_dir():
+        for name in set(artifacts.array_names(wd.patches_zarr)) - set(with_patches):
+            shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
+        for leftover in wd.patches_zarr.glob(".*.tmp-*"):  # of a process killed mid-slide
+            shutil.rmtree(leftover, ignore_errors=True)
     slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in out_rows],
                                        schema=arrow_schema(SLIDE_COLUMNS))
     patch_parts = [pq.ParquetFile(parts / f"{sid}.patches.parquet").read() for sid in with_patches]
@@ -431,8 +518,7 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
         manifest.add_input(e.path)
     n_patches = int(patch_table.num_rows)
     counts_out = {s: sum(r["status"] == s for r in out_rows) for s in ("ok", "no_tissue", "failed")}
-    manifest.write(wd.stage_manifest("tile"), counts={"slides": len(out_rows), "patients": len(patients),
-                                                      "patches": n_patches, "skipped": skipped,
+    manifest.write(wd.stage_manifest("tile"), counts={"slides": len(out_rows), "patients": base["n_patients"],
+                                                      "patches": n_patches, "skipped": base["n_skipped"],
                                                       **counts_out})
-    return TileResult(wd.root, wd.slides_table, wd.patches_table, out_rows, len(patients), n_patches,
-                      skipped, time.perf_counter() - t_start)
+    return TileResult(**base, rows=out_rows, n_patches=n_patches, seconds=time.perf_counter() - t_start)

@@ -10,9 +10,12 @@ import typer
 
 from brcatool.cli.common import (
     ConfigOpt,
+    DaskOpt,
+    MergeOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
+    ShardOpt,
     WorkdirOpt,
     console,
     default_workdir,
@@ -63,7 +66,13 @@ def tile(
     mpp_fallback: Annotated[float | None, typer.Option(
         "--mpp-fallback", help="Level-0 µm/px for slides whose mpp metadata is missing or implausible.")
     ] = None,
+    no_pixels: Annotated[bool, typer.Option(
+        "--no-pixels", help="Write coordinates (patches.parquet) and QC but no patches.zarr; "
+                            "embed then reads each patch from the slide.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Processes working on slides.")] = 1,
+    shard: ShardOpt = None,
+    dask: DaskOpt = None,
+    merge: MergeOpt = False,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Exit non-zero when any slide failed.")] = False,
     workdir: WorkdirOpt = default_workdir(),
@@ -89,9 +98,15 @@ def tile(
         patches=patches, sampling=Sampling(sampling).value, mpp=mpp if mpp is not None else TileConfig.mpp,
         magnification=magnification, patch_size=patch_size, stride=stride, min_tissue=min_tissue,
         tissue_method=TissueMethod(tissue_method).value, min_area=min_area, mpp_fallback=mpp_fallback,
-        seed=seed, workers=workers, overwrite=overwrite, strict=strict,
+        seed=seed, no_pixels=no_pixels, workers=workers, shard=shard, dask=dask, merge=merge,
+        overwrite=overwrite, strict=strict,
     )
     result = run_tile(workdir, cfg, progress=not quiet)
+    if result.pending:
+        if not quiet:
+            console.print(f"tile: this run's slides are done; {result.pending} slide(s) are left to other "
+                          f"shards/processes (the last to finish writes the tables, or run with --merge)")
+        return
     failed = [r for r in result.rows if r["status"] == "failed"]
     if not quiet:
         _summary(result, failed)
@@ -111,6 +126,8 @@ def _summary(result, failed: list[dict]) -> None:  # noqa: ANN001 - TileResult, 
                   str(len(failed)), str(result.n_skipped), str(result.n_patients),
                   str(result.n_patches), f"{result.seconds:.1f}")
     console.print(table)
+    if result.took_over:
+        console.print(f"took over {result.took_over} stale slide lock(s) of processes that had died")
     for r in failed[:10]:
         console.print(f"[red]failed[/] {r['slide_id']}: {r['error']}", soft_wrap=True)
     if len(failed) > 10:

@@ -1,0 +1,178 @@
+"""Executors and sharding: the same tile units in-process, as concurrent shards, on a Dask cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from brcatool import artifacts, executors, stores
+from brcatool.artifacts import Workdir
+from brcatool.errors import ArtifactError, InputError
+from brcatool.executors import RunOptions, Shard, balanced_shards, make_executor
+from brcatool.patchgrid import stable_hash
+from brcatool.synth import make_cohort
+from brcatool.tiling import PARTS, TileConfig, run_tile
+
+BRCATOOL = [sys.executable, "-m", "brcatool"]
+
+
+# --------------------------------------------------------------------------- shards and executors
+def test_balanced_shards_are_deterministic_balanced_and_complete() -> None:
+    weights = {f"s{i}": (i % 5) + 1 for i in range(23)}
+    groups = balanced_shards(weights, 3)
+    assert sorted(u for g in groups for u in g) == sorted(weights)  # each unit once
+    loads = [sum(weights[u] for u in g) for g in groups]
+    assert max(loads) - min(loads) <= max(weights.values())
+    shuffled = dict(reversed(list(weights.items())))
+    assert balanced_shards(shuffled, 3) == groups  # input order does not matter
+    assert Shard.parse("2/3").take(weights) == [u for u in weights if u in groups[1]]
+    for bad in ("0/2", "3/2", "a/b", "1"):
+        with pytest.raises(InputError, match="K/N"):
+            Shard.parse(bad)
+
+
+@pytest.mark.parametrize("name", sorted(executors.EXECUTORS))
+def test_every_executor_runs_units_and_turns_errors_into_results(name: str) -> None:
+    opts = {"serial": RunOptions(), "process": RunOptions(workers=2),
+            "dask": RunOptions(dask="local:2")}[name]
+    jobs = [("a",), ("b",), (None,), ("c",)]  # stable_hash(None) raises in the unit
+    with make_executor(opts) as ex:
+        assert ex.name == name and ex.slots == (1 if name == "serial" else 2)
+        out = dict(ex.map(stable_hash, jobs, lambda job, exc: f"failed: {type(exc).__name__}"))
+    assert out == {("a",): stable_hash("a"), ("b",): stable_hash("b"), (None,): "failed: AttributeError",
+                   ("c",): stable_hash("c")}
+
+
+def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import fails as if not installed
+    with pytest.raises(InputError, match=r"brcatool\[dask\]"):
+        make_executor(RunOptions(dask="local:2"))
+
+
+# --------------------------------------------------------------------------- tile, run four ways
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("scale")
+    files = make_cohort(out / "c", patients=8, seed=1, slide_size=(1024, 768), genes=60, progress=False)
+    cfg = TileConfig(slides=[str(files.slides_dir)], patches=6, patch_size=64, seed=2)
+    ref = Workdir(out / "serial")
+    run_tile(ref, cfg, progress=False)
+    return files, cfg, ref
+
+
+def _snapshot(wd: Workdir) -> dict:
+    """Everything a tile run leaves that must not depend on how it ran (timings dropped)."""
+    slides = artifacts.read_parquet(wd.slides_table, schema="slides").drop("seconds")
+    patches = artifacts.read_parquet(wd.patches_table, schema="patches")
+    arrays = {sid: np.asarray(stores.read_patches(wd, sid)[...]) for sid in stores.patch_slides(wd)}
+    qc = {p.name: p.read_bytes() for p in sorted(wd.qc_dir.glob("*.png"))}
+    return {"slides": slides, "patches": patches, "arrays": arrays, "qc": qc}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["slides"].sort("slide_id").equals(b["slides"].sort("slide_id"))
+    assert a["patches"].equals(b["patches"])
+    assert a["arrays"].keys() == b["arrays"].keys() and a["arrays"]
+    for sid, arr in a["arrays"].items():
+        assert np.array_equal(arr, b["arrays"][sid]), sid
+    assert a["qc"] == b["qc"]
+
+
+def _tile_args(cfg: TileConfig, wd: Path, *extra: str) -> list[str]:
+    return [*BRCATOOL, "tile", *cfg.slides, "-w", str(wd), "-n", str(cfg.patches), "--patch-size",
+            str(cfg.patch_size), "--seed", str(cfg.seed), "-q", *extra]
+
+
+def test_concurrent_shards_equal_serial(cohort, tmp_path: Path) -> None:
+    _, cfg, ref = cohort
+    wd = tmp_path / "w"
+    procs = [subprocess.Popen(_tile_args(cfg, wd, "--shard", f"{k}/2"), stderr=subprocess.PIPE, text=True)
+             for k in (1, 2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    _assert_same(_snapshot(ref), _snapshot(Workdir(wd)))  # the last shard merged
+
+
+def test_shard_then_merge_and_rerun(cohort, tmp_path: Path) -> None:
+    _, cfg, ref = cohort
+    wd = Workdir(tmp_path / "w")
+    first = run_tile(wd, dataclasses.replace(cfg, shard="1/2"), progress=False)
+    assert first.pending > 0 and not first.rows and not wd.slides_table.exists()
+    with pytest.raises(ArtifactError, match="not tiled yet"):
+        run_tile(wd, dataclasses.replace(cfg, merge=True), progress=False)
+    again = run_tile(wd, dataclasses.replace(cfg, shard="1/2"), progress=False)
+    per_patient = _patients(ref)
+    assert again.n_skipped == sum(per_patient[p] for p in Shard.parse("1/2").take(per_patient)) > 0
+    assert again.pending == first.pending  # shard 2's slides, untouched
+    with pytest.raises(InputError, match="--overwrite with --shard"):
+        run_tile(wd, dataclasses.replace(cfg, shard="2/2", overwrite=True), progress=False)
+    second = run_tile(wd, dataclasses.replace(cfg, shard="2/2"), progress=False)
+    assert second.pending == 0 and second.rows
+    _assert_same(_snapshot(ref), _snapshot(wd))
+    wd.slides_table.unlink()
+    merged = run_tile(wd, dataclasses.replace(cfg, merge=True), progress=False)
+    assert merged.n_skipped == sum(per_patient.values()) and merged.pending == 0
+    _assert_same(_snapshot(ref), _snapshot(wd))
+
+
+def _patients(wd: Workdir) -> dict[str, int]:
+    df = artifacts.read_parquet(wd.slides_table, schema="slides")
+    return dict(df.group_by("patient_id").len().iter_rows())
+
+
+def test_dask_local_cluster_equals_serial(cohort, tmp_path: Path) -> None:
+    _, cfg, ref = cohort
+    wd = Workdir(tmp_path / "w")
+    result = run_tile(wd, dataclasses.replace(cfg, dask="local:2"), progress=False)
+    assert result.pending == 0 and result.n_skipped == 0
+    _assert_same(_snapshot(ref), _snapshot(wd))
+
+
+def test_shard_killed_mid_slide_resumes_identical(cohort, tmp_path: Path) -> None:
+    _, cfg, ref = cohort
+    wd = Workdir(tmp_path / "w")
+    parts = wd.root / PARTS
+    proc = subprocess.Popen(_tile_args(cfg, wd.root, "--shard", "1/1"))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill while a slide is locked, after one finished
+            held = list((parts / "locks").glob("*.lock")) if parts.is_dir() else []
+            records = [p for p in parts.glob("*.json") if p.name != "params.json"] if parts.is_dir() else []
+            if held and records:
+                break
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    left = list((parts / "locks").glob("*.lock"))
+    assert not wd.slides_table.exists()
+    resumed = run_tile(wd, cfg, progress=False)
+    assert resumed.n_skipped >= 1 and resumed.took_over == len(left) >= 1
+    _assert_same(_snapshot(ref), _snapshot(wd))
+    assert not [p for p in wd.patches_zarr.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+
+
+def test_two_concurrent_runs_never_tile_one_slide_twice(cohort, tmp_path: Path) -> None:
+    _, cfg, ref = cohort
+    wd = tmp_path / "w"
+    code = ("import json, sys; from brcatool.tiling import TileConfig, run_tile\n"
+            f"r = run_tile({str(wd)!r}, TileConfig(**json.loads(sys.argv[1])), progress=False)\n"
+            "print(json.dumps({'skipped': r.n_skipped, 'busy': r.busy}))")
+    arg = json.dumps(dataclasses.asdict(cfg))
+    procs = [subprocess.Popen([sys.executable, "-c", code, arg], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    total = artifacts.read_parquet(ref.slides_table, schema="slides").height
+    processed = [total - o["skipped"] - o["busy"] for o in outs]
+    assert sum(processed) == total  # every slide tiled by exactly one of the two
+    _assert_same(_snapshot(ref), _snapshot(Workdir(wd)))
+    assert pl.read_parquet(Workdir(wd).patches_table).height > 0
