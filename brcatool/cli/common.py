@@ -143,3 +143,14 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace outputs made with other parameters.")
 ]
+# where per-slide units run (tile, embed): see brcatool.executors
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", metavar="K/N", show_default=False,
+    help="Work on shard K of N (balanced, the same in every process; e.g. a Slurm array task). "
+         "The shard that finds every slide finished writes the merged tables.")]
+DaskOpt = Annotated[str | None, typer.Option(
+    "--dask", metavar="ADDRESS|local:N", show_default=False,
+    help="Run the units as Dask tasks: a scheduler address (tcp://host:8786) or local:N worker "
+         "processes. Needs `pip install brcatool[dask]`.")]
+MergeOpt = Annotated[bool, typer.Option(
+    "--merge", help="Only write the merged tables from the finished per-slide records (after shards).")]
