@@ -43,11 +43,12 @@ class DemoResult:
 
 def run_demo(workdir: Path | Workdir, cfg: DemoConfig | None = None, *, progress: bool = True,
              on_stage: Callable[[str, Any], None] | None = None) -> DemoResult:
-    """synth -> tile -> embed -> prep-expr -> train -> evaluate -> ablate, resuming what exists."""
+    """synth -> tile -> embed -> prep-expr -> train -> evaluate -> ablate -> report, resuming what exists."""
     from brcatool.ablation import AblateConfig, run_ablate, run_name
     from brcatool.embedding import EmbedConfig, run_embed
     from brcatool.evaluation import EvaluateConfig, run_evaluate
     from brcatool.expression import PrepExprConfig, run_prep_expr
+    from brcatool.report import ReportConfig, run_report
     from brcatool.synth import make_cohort
     from brcatool.tiling import TileConfig, run_tile
     from brcatool.training import run_train
@@ -96,4 +97,5 @@ def run_demo(workdir: Path | Workdir, cfg: DemoConfig | None = None, *, progress
                               overwrite=ow)
     stage("evaluate", lambda: run_evaluate(wd, eval_cfg, progress=progress))
     stage("ablate", lambda: run_ablate(wd, ablate_cfg, progress=progress))
+    stage("report", lambda: run_report(wd, ReportConfig()))  # always rewritten: it reads the above
     return out

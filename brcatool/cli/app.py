@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from brcatool import __version__
-from brcatool.cli import ablate, demo, embed, evaluate, prep_expr, synth, tile, train
+from brcatool.cli import ablate, demo, embed, evaluate, prep_expr, report, synth, tile, train
 from brcatool.cli import import_features as import_features_cli
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ app.command("prep-expr")(prep_expr.prep_expr)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("ablate")(ablate.ablate)
+app.command("report")(report.report)
 app.command("demo")(demo.demo)
 
 

@@ -69,8 +69,9 @@ def demo(
         console.rule("[bold]done")
         times = ", ".join(f"{k} {v:.0f}s" for k, v in out.seconds.items())
         console.print(f"workdir {out.workdir}  ({times})", soft_wrap=True)
-        console.print("next: open the plots under "
-                      f"{out.workdir}/runs/ and {out.workdir}/ablations/demo/", soft_wrap=True)
+    page = out.results.get("report")
+    if page is not None:  # the last line, also with --quiet: where the whole study is on one page
+        console.print(f"report: {page.path}  (open {page.path.resolve().as_uri()})", soft_wrap=True)
 
 
 def _one_line(name: str, result: Any) -> str:
