@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from brcatool.errors import InputError
-from brcatool.ids import patient_of
+from brcatool.ids import parse_barcode, patient_of
 from brcatool.tables import read_table
 
 #: PAM50 subtypes in the fixed class order of the ``pam50`` task.
@@ -40,7 +40,10 @@ MISSING_VALUES = frozenset({
     "[not available]", "[not evaluated]", "[not applicable]", "[discrepancy]", "not available",
 })
 
-ID_COLUMNS = ("patient_id", "bcr_patient_barcode", "PATIENT", "Patient ID", "Sample ID", "sample")
+#: Looked for in this order, case-insensitively: tidy tables, TCGA clinical XML exports, cBioPortal
+#: (PATIENT_ID, SAMPLE_ID), TCGAbiolinks (patient), UCSC Xena (sampleID), PanCancer Atlas (pan.samplesID).
+ID_COLUMNS = ("patient_id", "bcr_patient_barcode", "PATIENT", "Patient ID", "patient", "Sample ID",
+              "SAMPLE_ID", "sampleID", "sample", "pan.samplesID")
 LABEL_COLUMNS = ("PAM50", "Subtype", "TCGA Subtype", "BRCA_Subtype_PAM50", "PAM50Call_RNAseq",
                  "Subtype_mRNA")
 
@@ -243,8 +246,14 @@ def _pick_column(columns: Sequence[str], given: str | None, candidates: Sequence
 
 def prepare_labels(path: Path, expr_patients: Sequence[str], warnings: list[str], *,
                    id_column: str | None = None, label_column: str | None = None, task: str | None = None,
-                   positive: Sequence[str] = (), unknown: str = "warn"):
-    """Labels of the task: (labels frame, task, clinical patient ids)."""
+                   positive: Sequence[str] = (), unknown: str = "warn", report: dict | None = None):
+    """Labels of the task: (labels frame, task, clinical patient ids).
+
+    Sample-level tables (Xena's clinicalMatrix, PanCancer Atlas): a patient's primary-tumour rows
+    (sample type 01) win over its other samples' rows (a normal sample's "Normal" call is not the
+    tumour's subtype). Rows without a label, with an unknown one, of a dropped class, or of a
+    patient with conflicting labels are counted in ``report`` and said in ``warnings``.
+    """
     import polars as pl
 
     path = Path(path)
@@ -253,8 +262,19 @@ def prepare_labels(path: Path, expr_patients: Sequence[str], warnings: list[str]
     label_col = _pick_column(df.columns, label_column, LABEL_COLUMNS, "label", "--label-column", path)
     if df.height == 0:
         raise InputError("clinical table has no rows", path=path, fix="pass a non-empty table")
-    ids = [patient_of(str(v)) if v is not None else "" for v in df[id_col].to_list()]
+    raw_ids = ["" if v is None else str(v) for v in df[id_col].to_list()]
+    ids = [patient_of(v) if v else "" for v in raw_ids]
     values = df[label_col].to_list()
+    stypes = [(parse_barcode(v) or ("", None, ""))[1] for v in raw_ids]
+    has_primary = {p for p, t in zip(ids, stypes, strict=True) if t == "01"}
+    other = [i for i, (p, t) in enumerate(zip(ids, stypes, strict=True))
+             if t not in (None, "01") and p in has_primary]
+    if other:
+        warnings.append(f"{path.name}: {len(other)} row(s) of non-primary samples "
+                        f"(e.g. {raw_ids[other[0]]!r}) ignored: their patients have a primary (01) row")
+        skip = set(other)
+        ids = [p for i, p in enumerate(ids) if i not in skip]
+        values = [v for i, v in enumerate(values) if i not in skip]
     overlap = set(ids) & set(expr_patients)
     if not overlap:
         raise InputError(f"no patient id in column {id_col!r} matches the expression table "
@@ -270,6 +290,9 @@ def prepare_labels(path: Path, expr_patients: Sequence[str], warnings: list[str]
         warnings.append(f"{path.name}: {msg}; those patients have no label")
     if a.dropped:
         warnings.append(f"{path.name}: task {spec.name} drops {dict(a.dropped)}")
+    if a.missing:
+        warnings.append(f"{path.name}: {a.missing} row(s) with no {label_col!r} value (blank or NA): "
+                        "those patients have no label")
     by_patient: dict[str, set] = {}
     for pid, lab, t in zip(ids, a.labels, a.target.tolist(), strict=True):
         if pid and t >= 0:
@@ -279,6 +302,10 @@ def prepare_labels(path: Path, expr_patients: Sequence[str], warnings: list[str]
         warnings.append(f"{path.name}: {len(conflicts)} patient(s) with conflicting labels left unlabelled, "
                         f"e.g. {conflicts[:3]}")
     rows = sorted((p, *next(iter(s))) for p, s in by_patient.items() if len(s) == 1)
+    if report is not None:
+        report.update(rows=df.height, non_primary_sample_rows=len(other), blank=a.missing,
+                      unknown=sum(a.unknown.values()), dropped_by_task=dict(a.dropped),
+                      patients_conflicting=len(conflicts), patients_labelled=len(rows))
     if not rows:
         raise InputError(f"no usable labels in column {label_col!r} for task {spec.name}", path=path,
                          fix="check --label-column and --task")

@@ -137,7 +137,11 @@ def test_log_exact_and_detection():
     np.testing.assert_array_equal(out, [[0, 1, 2], [3, 4, 8]])
     assert looks_logged(np.array([[0.0, 12.5], [3.0, 50.0]]))
     assert not looks_logged(np.array([[0.0, 12.5], [3.0, 51.0]]))
-    assert looks_logged(np.array([[-1.0, 400.0]]))  # negatives: already transformed
+    assert looks_logged(np.array([[-1.0, 4.0], [0.5, 9.0]]))  # log2(x + 0.001)-like: a few negatives
+    assert looks_logged(np.array([[-1.0, 1.0], [-2.0, 2.0]]))  # z-scores: centred
+    assert not looks_logged(np.array([[-1.0, 400.0]]))  # raw counts with a stray negative: not logged...
+    with pytest.raises(InputError, match="--log auto: 1 negative value"):
+        log_transform(np.array([[-1.0, 400.0], [3.0, 7.0]]), "auto")  # ... and not silently kept raw
     assert log_transform(X, "auto")[1] and not log_transform(X, "no")[1]
     with pytest.raises(InputError, match="negative"):
         log_transform(np.array([[-1.0, 100.0]]), "yes")
@@ -283,7 +287,6 @@ def test_recipe_settings_validation():
 @pytest.mark.parametrize("rows, match", [
     ([["gene", S1, S2], ["ESR1", 1, "high"]], "1 non-numeric cell.*'high' in column 'TCGA-AA-0002-01A'"),
     ([["gene", S1, S2], ["ESR1", 1, "inf"]], "1 infinite value"),
-    ([["gene", S1, S2], ["ESR1", 1, 2], ["ESR1", 3, 4]], "duplicate gene id"),
     ([["gene", S1, S1], ["ESR1", 1, 2]], "duplicate column name"),
     ([["gene", S1, S2]], "no data rows"),
     ([["gene"], ["ESR1"]], "empty or has 1 column"),

@@ -19,16 +19,39 @@ from brcatool.cli.common import (
 )
 
 _RECIPE = "Recipe (fitted later by train on each training fold)"
+_SOURCE = "Source layout (GDC, cBioPortal, UCSC Xena, any matrix)"
 
 
 @report_errors
 def prep_expr(
     expression: Annotated[Path, typer.Option(
-        "--expression", dir_okay=False,
-        help="Expression table: CSV/TSV (.gz ok) or Parquet. Default genes x samples "
-             "(first column gene ids, one column per sample).")],
+        "--expression",
+        help="Expression: a GDC STAR-count download folder, a cBioPortal/Xena matrix, or any CSV/TSV "
+             "(.gz ok)/Parquet table (default genes x samples: first column gene ids).")],
     clinical: Annotated[Path | None, typer.Option(
-        "--clinical", dir_okay=False, help="Clinical table with a patient id and a label column.")] = None,
+        "--clinical", dir_okay=False,
+        help="Clinical table with a patient id and a label column (cBioPortal data_clinical_*.txt, "
+             "Xena BRCA_clinicalMatrix, TCGAbiolinks/PanCancer PAM50 tables, any CSV/TSV).")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="auto | gdc | cbioportal | xena | matrix (auto: detected from the folder/header).",
+        rich_help_panel=_SOURCE)] = "auto",
+    sample_sheet: Annotated[Path | None, typer.Option(
+        "--sample-sheet", dir_okay=False, help="GDC: gdc_sample_sheet.<date>.tsv mapping files to samples.",
+        rich_help_panel=_SOURCE, show_default="the gdc_sample_sheet*.tsv in or beside the folder")] = None,
+    gdc_value: Annotated[str, typer.Option(
+        "--gdc-value", help="GDC: the STAR column to read: tpm_unstranded | fpkm_uq_unstranded | "
+                            "fpkm_unstranded | unstranded (raw counts) | stranded_first | stranded_second.",
+        rich_help_panel=_SOURCE)] = "tpm_unstranded",
+    gene_names: Annotated[bool, typer.Option(
+        "--gene-names", help="GDC: use gene_name (symbols) instead of Ensembl gene_id.",
+        rich_help_panel=_SOURCE)] = False,
+    gene_id: Annotated[str, typer.Option(
+        "--gene-id", help="cBioPortal: symbol (Hugo_Symbol; rows without one dropped) or entrez.",
+        rich_help_panel=_SOURCE)] = "symbol",
+    duplicate_genes: Annotated[str, typer.Option(
+        "--duplicate-genes", help="A gene id in several rows: first (row in file order), mean, max-variance "
+                                  "or error. Always reported with counts.",
+        rich_help_panel=_SOURCE)] = "first",
     samples_as_rows: Annotated[bool | None, typer.Option(
         "--samples-as-rows/--genes-as-rows",
         help="Orientation of --expression; detected from the ids when not given.",
@@ -45,7 +68,8 @@ def prep_expr(
     positive: Annotated[list[str] | None, typer.Option(
         "--positive", help="Generic task: label value(s) of class 1 (repeat or comma-separate).")] = None,
     log: Annotated[str, typer.Option(
-        "--log", help="log2(x+1): auto (unless the data look logged), yes or no.")] = "auto",
+        "--log", help="log2(x+1): auto (raw values only; logged and z-scored input is recognised and "
+                      "left as is), yes or no.")] = "auto",
     max_zero_frac: Annotated[float, typer.Option(
         "--max-zero-frac", help="Drop genes zero or missing in more than this fraction of samples.")] = 0.2,
     genes: Annotated[str | None, typer.Option(
@@ -76,7 +100,10 @@ def prep_expr(
 
     pos = [v.strip() for item in positive or [] for v in item.split(",") if v.strip()]
     cfg = PrepExprConfig(
-        expression=expression, clinical=clinical, samples_as_rows=samples_as_rows, id_column=id_column,
+        expression=expression, clinical=clinical, format=format, sample_sheet=sample_sheet,  # type: ignore[arg-type]
+        gdc_value=gdc_value, gene_names=gene_names, gene_id=gene_id,  # type: ignore[arg-type]
+        duplicate_genes=duplicate_genes,  # type: ignore[arg-type]
+        samples_as_rows=samples_as_rows, id_column=id_column,
         label_column=label_column, task=task, positive=pos, log=log,  # type: ignore[arg-type]
         max_zero_frac=max_zero_frac, genes=genes, top_genes=top_genes, iqr_k=iqr_k,
         iqr_mode=iqr_mode, drop_frac=drop_frac, keep_all_samples=keep_all_samples,  # type: ignore[arg-type]
@@ -112,8 +139,11 @@ def print_summary(result: Any) -> None:
         for i, name in enumerate(result.classes):
             classes.add_row(str(i), name, str(result.class_counts.get(name, 0)))
         console.print(classes)
+    if c.get("layout"):
+        console.print(f"read: {c['layout']}", soft_wrap=True)
+    scale = c.get("input_scale")
     console.print(
         f"expression: {c.get('samples_read')} samples ({c.get('orientation')}) -> "
         f"{c.get('patients_expression')} patients; {c.get('genes_read')} genes -> {c.get('genes_out')} "
-        f"(log2(x+1) {'applied' if c.get('log_applied') else 'not applied'}); "
-        f"{result.seconds:.1f} s")
+        f"(log2(x+1) {'applied' if c.get('log_applied') else 'not applied'}"
+        f"{f'; input: {scale}' if scale else ''}); {result.seconds:.1f} s")

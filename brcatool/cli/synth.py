@@ -36,6 +36,9 @@ def synth(
     ] = "3072x2304",
     no_tissue_slides: Annotated[int, typer.Option(
         "--no-tissue-slides", min=0, help="Slides that are background only.")] = 0,
+    layout: Annotated[list[str] | None, typer.Option(
+        "--layout", help="Also write expression + labels as downloaded: gdc, cbioportal, xena "
+                         "(repeat or comma-separate) into OUT/<layout>/.")] = None,
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
@@ -48,6 +51,13 @@ def synth(
                         image_signal=image_signal, gene_signal=gene_signal, genes=genes,
                         slide_size=_size(slide_size), no_tissue_slides=no_tissue_slides,
                         overwrite=overwrite, progress=not quiet)
+    written = []
+    if layout:
+        from brcatool.synth.layouts import write_layout
+
+        for name in [v.strip() for item in layout for v in item.split(",") if v.strip()]:
+            written.append(write_layout(files.expression, files.clinical, name, out / name,
+                                        overwrite=overwrite))
     if quiet:
         return
     from rich.table import Table
@@ -58,4 +68,7 @@ def synth(
     for label, path in (("slides", files.slides_dir), ("expression", files.expression),
                         ("clinical", files.clinical), ("truth", files.truth_dir)):
         table.add_row(label, str(path))
+    for lf in written:
+        table.add_row(f"{lf.layout} expression", str(lf.expression))
+        table.add_row(f"{lf.layout} clinical", str(lf.clinical))
     console.print(table)

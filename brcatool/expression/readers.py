@@ -1,18 +1,22 @@
-"""Reading an expression matrix: orientation detection, ids checked, values as float32."""
+"""Reading an expression matrix: a peek at a file's first lines (for format detection), orientation
+detection, ids checked, values as float32. The per-source readers (``sources/``) build on these.
+"""
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from brcatool.errors import InputError
 from brcatool.expression.genes import looks_like_genes
 from brcatool.ids import is_sample_id
-from brcatool.tables import read_table
+from brcatool.tables import is_gzip, read_table, table_format
 
 
 def looks_like_samples(ids: Sequence[str]) -> float:
@@ -23,7 +27,12 @@ def looks_like_samples(ids: Sequence[str]) -> float:
 
 @dataclass
 class ExpressionTable:
-    """Samples x genes values as read (NaN = missing), with the orientation found."""
+    """Samples x genes values as read (NaN = missing), with the orientation found.
+
+    ``layout`` says which source layout was read, ``scale`` what the source says its values are
+    (``log2(x+1)``, ``zscore`` or None = unknown), ``dropped`` counts rows/columns/files left out
+    while reading and ``notes`` are the warnings to show.
+    """
 
     samples: list[str]
     genes: list[str]
@@ -31,15 +40,71 @@ class ExpressionTable:
     orientation: str
     path: Path
     notes: list[str] = field(default_factory=list)
+    layout: str = "matrix"
+    scale: str | None = None
+    dropped: dict[str, Any] = field(default_factory=dict)
 
 
-def read_expression(path: Path, *, samples_as_rows: bool | None = None) -> ExpressionTable:
+@dataclass(frozen=True)
+class Peek:
+    """What format detection looks at: a folder, or a file's name and header row."""
+
+    path: Path
+    is_dir: bool
+    columns: tuple[str, ...] = ()
+    comments: bool = False
+
+    @property
+    def first(self) -> str:
+        return self.columns[0] if self.columns else ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name.lower()
+
+
+def peek(path: Path) -> Peek:
+    """Header row of a CSV/TSV (first 64 KiB, gzip ok) or Parquet schema, without reading the file."""
+    path = Path(path)
+    if path.is_dir():
+        return Peek(path, True)
+    if not path.is_file():
+        raise InputError("file or folder not found", path=path, fix="check the path")
+    fmt = table_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return Peek(path, False, tuple(pq.read_schema(path).names))
+        except Exception:  # noqa: BLE001 - read_table names the problem later
+            return Peek(path, False)
+    sep = "," if fmt == "csv" else "\t"
+    try:
+        opener: Any = gzip.open if is_gzip(path) else open
+        with opener(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except (OSError, EOFError):
+        return Peek(path, False)  # read_table names the problem later
+    comments = False
+    for raw in head.split(b"\n"):
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if line.startswith("#"):
+            comments = True
+        elif line.strip():
+            return Peek(path, False, tuple(c.strip().strip('"') for c in line.split(sep)), comments)
+    return Peek(path, False, (), comments)
+
+
+def read_expression(path: Path, *, samples_as_rows: bool | None = None,
+                    id_column: str | None = None) -> ExpressionTable:
     """Read a genes x samples (default) or samples x genes table; None detects the orientation.
 
-    ``values`` is a float32 (samples, genes) view of the parsed columns (no copy).
+    ``values`` is a float32 (samples, genes) view of the parsed columns (no copy). Gene ids may
+    be empty or repeated here (``transforms.clean_genes`` resolves them); sample ids may not.
+    ``id_column`` picks the id column (default the first, e.g. cBioPortal's Entrez_Gene_Id).
     """
     path = Path(path)
-    df = read_table(path, numeric=True)
+    df = read_table(path, numeric=True, id_column=id_column)
     ids = [("" if v is None else str(v).strip()) for v in df.drop_in_place(df.columns[0]).to_list()]
     columns = list(df.columns)
     if not ids or not columns:
@@ -50,14 +115,14 @@ def read_expression(path: Path, *, samples_as_rows: bool | None = None) -> Expre
     values = df.to_numpy()  # (ids, columns), one contiguous block per column
     samples, genes = (ids, columns) if samples_as_rows else (columns, ids)
     values = values if samples_as_rows else values.T
-    what = "sample" if samples_as_rows else "gene"
-    if any(not i for i in ids):
-        raise InputError(f"{sum(not i for i in ids)} empty {what} id(s) in the first column", path=path,
-                         fix="fill in or remove rows without an id")
-    dup = [n for n, c in Counter(ids).items() if c > 1]
-    if dup:
-        raise InputError(f"{len(dup)} duplicate {what} id(s) in the first column, e.g. {dup[:3]}",
-                         path=path, fix=f"make {what} ids unique")
+    if samples_as_rows:
+        if any(not i for i in ids):
+            raise InputError(f"{sum(not i for i in ids)} empty sample id(s) in the first column", path=path,
+                             fix="fill in or remove rows without an id")
+        dup = [n for n, c in Counter(ids).items() if c > 1]
+        if dup:
+            raise InputError(f"{len(dup)} duplicate sample id(s) in the first column, e.g. {dup[:3]}",
+                             path=path, fix="make sample ids unique")
     # one float64 sum (finite unless some value is NaN or infinite) before any per-cell check
     bad = np.isinf(values) if not np.isfinite(values.sum(dtype=np.float64)) else None
     if bad is not None and bad.any():

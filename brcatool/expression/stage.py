@@ -17,13 +17,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-from brcatool.artifacts import Manifest, Workdir, check_params, fingerprint, write_json, write_parquet
-from brcatool.outputs import output_fingerprint
+from brcatool.artifacts import Manifest, Workdir, check_params, write_json, write_parquet
 from brcatool.errors import InputError
 from brcatool.expression.genes import load_panel, panel_columns
-from brcatool.expression.readers import read_expression
 from brcatool.expression.recipe import Recipe
-from brcatool.expression.transforms import clean_genes, log_transform, select_samples, zero_fraction
+from brcatool.expression.sources import FORMATS, ReadOptions, input_fingerprint, read_source
+from brcatool.expression.sources.base import GDC_VALUES, GENE_IDS
+from brcatool.expression.transforms import (
+    DUPLICATE_POLICIES,
+    clean_genes,
+    decide_log,
+    log2p1,
+    select_samples,
+    zero_fraction,
+)
+from brcatool.outputs import output_fingerprint
 from brcatool.tasks import prepare_labels
 
 
@@ -33,6 +41,12 @@ class PrepExprConfig:
 
     expression: Path | None = None
     clinical: Path | None = None
+    format: Literal["auto", "gdc", "cbioportal", "xena", "matrix"] = "auto"
+    sample_sheet: Path | None = None
+    gdc_value: str = GDC_VALUES[0]
+    gene_names: bool = False
+    gene_id: Literal["symbol", "entrez"] = "symbol"
+    duplicate_genes: Literal["first", "mean", "max-variance", "error"] = "first"
     samples_as_rows: bool | None = None
     id_column: str | None = None
     label_column: str | None = None
@@ -74,17 +88,31 @@ def _check_config(cfg: PrepExprConfig) -> Recipe:
         raise InputError(f"--max-zero-frac must be between 0 and 1, got {cfg.max_zero_frac}")
     if cfg.unknown_labels not in ("warn", "error"):
         raise InputError(f"--unknown-labels must be warn or error, got {cfg.unknown_labels!r}")
+    for flag, value, allowed in (("--format", cfg.format, FORMATS),
+                                 ("--gdc-value", cfg.gdc_value, GDC_VALUES),
+                                 ("--gene-id", cfg.gene_id, GENE_IDS),
+                                 ("--duplicate-genes", cfg.duplicate_genes, DUPLICATE_POLICIES)):
+        if value not in allowed:
+            raise InputError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
     return Recipe(top_genes=cfg.top_genes, iqr_k=cfg.iqr_k, iqr_mode=cfg.iqr_mode, drop_frac=cfg.drop_frac)
 
 
+def read_options(cfg: PrepExprConfig) -> ReadOptions:
+    """The source options of a config (what the source readers see)."""
+    return ReadOptions(samples_as_rows=cfg.samples_as_rows, sample_sheet=cfg.sample_sheet,
+                       gdc_value=cfg.gdc_value, gene_names=cfg.gene_names, gene_id=cfg.gene_id)
+
+
 def prepare_expression(cfg: PrepExprConfig, warnings: list[str]):
-    """Read and apply the fixed transforms.
+    """Read (any registered source layout) and apply the fixed transforms.
 
     Returns (patients, genes, float32 (genes, patients) C-order values, counts); rows and
-    columns are picked by index first, so the big matrix is copied once.
+    columns are picked by index first, so the big matrix is copied once. ``counts["dropped"]``
+    holds every row (gene), column (sample), file and cell left out or filled, with counts.
     """
     path = Path(cfg.expression)  # type: ignore[arg-type]
-    table = clean_genes(read_expression(path, samples_as_rows=cfg.samples_as_rows))
+    table, fmt = read_source(path, cfg.format, read_options(cfg))
+    table = clean_genes(table, duplicates=cfg.duplicate_genes)
     warnings.extend(f"{path.name}: {n}" for n in table.notes)
     rows, patients, report = select_samples(table.samples, keep_all=cfg.keep_all_samples)
     if report["dropped_not_primary"]:
@@ -98,10 +126,24 @@ def prepare_expression(cfg: PrepExprConfig, warnings: list[str]):
         raise InputError("no samples left after keeping primary tumours (type 01)", path=path,
                          fix="pass --keep-all-samples")
     genes = table.genes
+    if not genes:
+        raise InputError("no gene ids left (every row has an empty or non-gene id)", path=path,
+                         fix="check the first column (or --gene-id)")
     cols = np.arange(len(genes))
-    counts: dict[str, Any] = {"orientation": table.orientation, "samples_read": len(table.samples),
-                              "genes_read": len(genes), **{f"samples_{k}": v for k, v in report.items()
-                                                           if k not in ("samples", "dropped_types")}}
+    counts: dict[str, Any] = {"format": fmt, "layout": table.layout, "orientation": table.orientation,
+                              "samples_read": len(table.samples), "genes_read": len(genes),
+                              **{f"samples_{k}": v for k, v in report.items()
+                                 if k not in ("samples", "dropped_types")}}
+    d = table.dropped
+    dropped: dict[str, Any] = {
+        "gene_rows": {k: d.get(k, 0) for k in ("empty_gene_ids", "non_gene_rows", "duplicate_gene_rows")},
+        "duplicate_genes": d.get("duplicate_genes", {}),
+        "sample_columns": {"not_primary": report["dropped_not_primary"], "types": report["dropped_types"],
+                           "second_sample_of_a_patient": report["dropped_duplicates"]},
+    }
+    files = {k.removeprefix("gdc_"): v for k, v in d.items() if k.startswith("gdc_")}
+    if files:
+        dropped["gdc_files"] = files
     if cfg.genes:
         idx, missing = panel_columns(genes, load_panel(cfg.genes))
         if not idx:
@@ -110,25 +152,31 @@ def prepare_expression(cfg: PrepExprConfig, warnings: list[str]):
                              fix="pass a panel file with the same kind of ids as the table")
         if missing:
             warnings.append(f"gene panel: {len(missing)} gene(s) not in the table, e.g. {missing[:5]}")
+        dropped["gene_rows"]["not_in_panel"] = len(genes) - len(idx)
         cols = np.asarray(idx)
     V = table.values  # (samples, genes) view
     zf = zero_fraction(V, rows, cols if len(cols) < len(genes) else None)
     keep = zf <= cfg.max_zero_frac
-    counts["genes_dropped_zero"] = int((~keep).sum())
+    counts["genes_dropped_zero"] = dropped["gene_rows"]["zero_or_missing"] = int((~keep).sum())
     if not keep.any():
         raise InputError(f"all {len(cols)} genes are zero or missing in more than {cfg.max_zero_frac:g} "
                          "of samples", path=path, fix="raise --max-zero-frac")
     cols = cols[keep]
     G = V.T[np.ix_(cols, np.asarray(rows))]  # the one copy: (genes, patients), C-order
-    G, logged = log_transform(G, cfg.log, path=path, inplace=True)
+    logged, scale = decide_log(G, cfg.log, path=path, hint=table.scale)
+    if logged:
+        G = log2p1(G, inplace=True)
     # the float64 sum of finite values is finite: only look for NaNs cell by cell when it is not
     nan = np.isnan(G) if not np.isfinite(G.sum(dtype=np.float64)) else None
     n_nan = 0 if nan is None else int(nan.sum())
     if n_nan:
-        warnings.append(f"{path.name}: {n_nan} missing value(s) in kept genes set to 0 after the log")
+        n_genes = int(nan.any(axis=1).sum())
+        warnings.append(f"{path.name}: {n_nan} missing value(s) in {n_genes} kept gene(s) set to 0 "
+                        f"{'after the log' if logged else 'on the input scale'}")
         G[nan] = 0.0
-    counts.update(log_applied=logged, genes_out=len(cols), patients_expression=len(patients),
-                  missing_filled=n_nan)
+        dropped["missing_cells_set_to_0"] = {"cells": n_nan, "genes": n_genes}
+    counts.update(log_applied=logged, input_scale=scale, genes_out=len(cols),
+                  patients_expression=len(patients), missing_filled=n_nan, dropped=dropped)
     return patients, [genes[i] for i in cols], G, counts
 
 
@@ -228,9 +276,9 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
     outputs = {"expression": wd.expression_table, "labels": wd.labels_table, "recipe": wd.recipe_settings,
                "cohort": wd.cohort_table, "manifest": manifest_path}
     params = to_dict(cfg)
-    params["inputs"] = {k: {"size": f["size"], "mtime": f["mtime"]} for k, p in
-                        (("expression", cfg.expression), ("clinical", cfg.clinical)) if p is not None
-                        for f in [fingerprint(p)]}
+    params["inputs"] = {k: {n: v for n, v in input_fingerprint(p).items() if n != "path"} for k, p in
+                        (("expression", cfg.expression), ("clinical", cfg.clinical),
+                         ("sample_sheet", cfg.sample_sheet)) if p is not None}
     if check_params(manifest_path, params, overwrite=overwrite, what="prep-expr outputs") and all(
             p.exists() for p in outputs.values()):
         old = read_json(manifest_path)
@@ -250,13 +298,15 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
         patients, genes, G, counts = prepare_expression(cfg, warnings)
         bar.update(step, advance=1, description="prep-expr: reading labels")
         manifest = Manifest("prep-expr", params)
-        manifest.add_input(cfg.expression)  # type: ignore[arg-type]
+        manifest.inputs.append(input_fingerprint(cfg.expression))  # type: ignore[arg-type]
+        if cfg.sample_sheet is not None:
+            manifest.add_input(cfg.sample_sheet)
         if cfg.clinical is not None:
             manifest.add_input(cfg.clinical)
             labels, task, clinical = prepare_labels(
                 Path(cfg.clinical), patients, warnings, id_column=cfg.id_column,
                 label_column=cfg.label_column, task=cfg.task, positive=cfg.positive,
-                unknown=cfg.unknown_labels)
+                unknown=cfg.unknown_labels, report=counts["dropped"].setdefault("label_rows", {}))
             task_name, classes = task.name, list(task.classes)
         else:
             warnings.append("no --clinical table given: labels.parquet is empty and nobody is included")
@@ -277,6 +327,9 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
         alignment = alignment_counts(cohort)
         counts.update(labelled=labels.height, included=alignment["included"])
         manifest.write(manifest_path, counts=counts, task=task_name, classes=classes,
+                       source={"format": counts["format"], "layout": counts["layout"],
+                               "input_scale": counts["input_scale"], "log_applied": counts["log_applied"]},
+                       dropped=counts["dropped"],
                        class_counts=class_counts, alignment=alignment, warnings=warnings,
                        fingerprint=output_fingerprint(files=[wd.expression_table, wd.labels_table,
                                                              wd.recipe_settings]))
