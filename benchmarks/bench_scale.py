@@ -1,0 +1,126 @@
+"""Benchmark scale-out: the same tile/embed units serially, as 2 concurrent shards, on `--dask local:2`.
+
+Makes (once, cached under bench-work/scale/) a synthetic cohort of ~20 slides with the synth
+factory, then runs each stage three ways, each as real `brcatool` processes on a fresh workdir:
+- serial: one process (`--workers 1`);
+- shards: `--shard 1/2` and `--shard 2/2` started together (the last to finish merges);
+- dask: `--dask local:2` (a LocalCluster of 2 single-threaded worker processes).
+Repeats are interleaved (serial, shards, dask, serial, ...) so a busy machine hurts every mode alike;
+prints min/median/max wall seconds, the 1-minute load average before each run, the speed-up of
+the median over serial, and the scheduler overhead per slide: (wall x 2 - sum of per-slide unit
+seconds) / slides, i.e. the time per slide a 2-way run spends on anything but a slide's own work
+(process and cluster start-up, scheduling, merging, idle workers at the end).
+
+Usage: python benchmarks/bench_scale.py [--slides 20] [--repeats 3] [--stages tile,embed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BRCATOOL = [sys.executable, "-m", "brcatool"]
+MODES = ("serial", "shards", "dask")
+
+
+def make_cohort(root: Path, slides: int, size: int):
+    from brcatool.synth import make_cohort as synth
+
+    out = root / f"cohort-{slides}-{size}"
+    if not (out / "slides").is_dir():
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        synth(out, patients=slides, slides_per_patient=(1, 1), slide_size=(size, size * 3 // 4), genes=60,
+              seed=13, progress=False)
+        print(f"made {slides} slides of {size} px in {time.perf_counter() - t0:.0f} s under {out}")
+    return out / "slides"
+
+
+def _run(cmds: list[list[str]], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"failed ({p.returncode}): {' '.join(cmds[procs.index(p)])}\n{err[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def _commands(stage: str, mode: str, args: list[str]) -> list[list[str]]:
+    base = [*BRCATOOL, stage, *args, "-q"]
+    if mode == "serial":
+        return [base]
+    if mode == "shards":
+        return [[*base, "--shard", f"{k}/2"] for k in (1, 2)]
+    return [[*base, "--dask", "local:2"]]
+
+
+def unit_seconds(stage: str, work: Path) -> float:
+    """Sum of the per-slide work as the stage recorded it."""
+    import polars as pl
+
+    if stage == "tile":
+        return float(pl.read_parquet(work / "slides.parquet")["seconds"].sum())
+    import json
+
+    man = json.loads(next((work / "features").glob("*/manifest.json")).read_text())
+    return float(man.get("runtime", {}).get("unit_seconds", 0.0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slides", type=int, default=20)
+    ap.add_argument("--size", type=int, default=4096, help="slide width in px (height = 3/4)")
+    ap.add_argument("--patches", type=int, default=400, help="tile --patches per patient")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--stages", default="tile,embed")
+    ap.add_argument("--workdir", type=Path, default=Path("bench-work/scale"))
+    opts = ap.parse_args()
+    root = opts.workdir.resolve()
+    slides = make_cohort(root, opts.slides, opts.size)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes = 2 cores
+    tiled = root / "tiled"  # embed's input, made once
+    tile_args = [str(slides), "-n", str(opts.patches), "--patch-size", "224"]
+    stages = [s for s in opts.stages.split(",") if s]
+    print(f"{opts.slides} slides of {opts.size} px, {os.cpu_count()} CPUs, "
+          f"repeats interleaved x{opts.repeats}")
+    for stage in stages:
+        if stage == "embed" and not (tiled / "patches.parquet").is_file():
+            _run(_commands("tile", "serial", [*tile_args, "-w", str(tiled)]), env)
+        times: dict[str, list[float]] = {m: [] for m in MODES}
+        loads: dict[str, list[float]] = {m: [] for m in MODES}
+        over: dict[str, list[float]] = {m: [] for m in MODES}
+        for _ in range(opts.repeats):
+            for mode in MODES:
+                work = root / f"{stage}-{mode}"
+                shutil.rmtree(work, ignore_errors=True)
+                if stage == "tile":
+                    args = [*tile_args, "-w", str(work)]
+                else:
+                    shutil.copytree(tiled, work, ignore=shutil.ignore_patterns("features"))
+                    args = ["-w", str(work), "--encoder", "resnet18", "--weights", "random",
+                            "--device", "cpu", "--precision", "fp32", "--num-workers", "0"]
+                loads[mode].append(os.getloadavg()[0])
+                wall = _run(_commands(stage, mode, args), env)
+                times[mode].append(wall)
+                ways = 1 if mode == "serial" else 2
+                over[mode].append((wall * ways - unit_seconds(stage, work)) / opts.slides)
+        ref = statistics.median(times["serial"])
+        print(f"\n{stage}: wall seconds min / median / max, speed-up of the median, overhead per slide")
+        for mode in MODES:
+            t = times[mode]
+            med = statistics.median(t)
+            print(f"  {mode:<7} {min(t):7.2f} / {med:7.2f} / {max(t):7.2f}   x{ref / med:4.2f}   "
+                  f"{statistics.median(over[mode]):6.3f} s/slide   load before: "
+                  f"{', '.join(f'{x:.1f}' for x in loads[mode])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Ragged per-patient bags of patch features, packed end to end with offsets and never padded.
+
+The dense cohort array ``(patients, views, max_patches, dim)`` grows with the *largest* patient; at
+``tile --sampling all`` (thousands to tens of thousands of patches per slide) it does not fit in
+memory. ``RaggedBags`` holds the same features as one ``(views, total_patches, dim)`` float16 array
+(patient ``p`` owns rows ``offsets[p]:offsets[p + 1]``) in a memory-mapped ``.npy`` cache beside the
+feature store, built once from the Zarr arrays slide by slide. A batch gathers only the rows it
+uses (``gather``), and ``release`` drops the mapped pages from the process after each batch, so
+the resident memory of ``train`` stays at about a batch, whatever the cohort's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brcatool import artifacts, stores
+from brcatool.artifacts import Workdir
+from brcatool.errors import ArtifactError
+
+
+class RaggedBags:
+    """Patients' patch features, ragged; indexable by a patient permutation like the dense array."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, order: np.ndarray | None = None):
+        self.data = data  # (V, total, D), usually a read-only np.memmap
+        self.offsets = np.asarray(offsets, dtype=np.int64)  # (P0 + 1,)
+        self.order = np.arange(len(self.offsets) - 1) if order is None else np.asarray(order, np.int64)
+
+    # ------------------------------------------------------------------ the dense array's surface
+    @property
+    def lengths(self) -> np.ndarray:
+        return (self.offsets[1:] - self.offsets[:-1])[self.order]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """The shape of the dense array this replaces (nothing of that size is ever allocated)."""
+        v, _, d = self.data.shape
+        return (len(self.order), v, max(int(self.lengths.max(initial=0)), 1), d)
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, idx: Any) -> RaggedBags:
+        """Patients ``idx`` (an index array or slice), sharing the data."""
+        return RaggedBags(self.data, self.offsets, self.order[idx])
+
+    # ------------------------------------------------------------------ reading
+    def gather(self, patients: np.ndarray, view: np.ndarray, pos: np.ndarray,
+               valid: np.ndarray | None = None) -> np.ndarray:
+        """``out[i, j] = features of patient patients[i], view view[i, j], patch pos[i, j]``.
+
+        Positions outside a patient's bag (padding; or ``valid`` False) are zeros, as in the dense
+        layout.
+        """
+        patients = np.asarray(patients, np.int64)
+        start = self.offsets[self.order[patients]]
+        n = self.lengths[patients]
+        pos = np.asarray(pos, np.int64)
+        ok = (pos < n[:, None]) if valid is None else (np.asarray(valid, bool) & (pos < n[:, None]))
+        rows = start[:, None] + np.where(ok, pos, 0)
+        view = np.broadcast_to(np.asarray(view, np.int64), rows.shape)
+        # one fancy read per view, rows sorted: sequential access on the memory map
+        out = np.empty((*rows.shape, self.data.shape[2]), dtype=self.data.dtype)
+        for v in np.unique(view):
+            sel = view == v
+            r = rows[sel]
+            order = np.argsort(r, kind="stable")
+            got = np.empty((len(r), self.data.shape[2]), dtype=self.data.dtype)
+            got[order] = self.data[v, r[order]]
+            out[sel] = got
+        out[~ok] = 0  # padding reads as zeros, exactly like the dense array
+        return out
+
+    def dense(self) -> np.ndarray:
+        """The padded ``(P, V, N, D)`` array (tests and small cohorts only)."""
+        p, v, n, d = self.shape
+        out = np.zeros((p, v, n, d), dtype=self.data.dtype)
+        for i, k in enumerate(self.order):
+            a, b = self.offsets[k], self.offsets[k + 1]
+            out[i, :, : b - a] = self.data[:, a:b]
+        return out
+
+    def release(self) -> None:
+        """Drop the mapped pages from this process (they stay in the page cache): bounds the RSS."""
+        mm = getattr(self.data, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
+def _key(encoder: str, identity: dict[str, Any], slides: list[tuple[str, int]], manifest: Path) -> str:
+    man = artifacts.read_json(manifest) if manifest.is_file() else {}
+    blob = json.dumps({"encoder": encoder, "identity": identity, "slides": slides,
+                       "made": man.get("fingerprint") or man.get("finished")}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_bags(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[int, int]]],
+              slide_ids: list[str], identity: dict[str, Any], n_patients: int, *,
+              progress: bool = False) -> RaggedBags:
+    """The cohort's bags, memory-mapped from ``features/<encoder>/bags/<key>.npy`` (built if absent).
+
+    ``per_patient[p]`` lists ``(slide k, n_patches)`` in bag order, as ``load_cohort`` builds it.
+    """
+    from rich.progress import Progress
+
+    V, D = int(identity["views"]), int(identity["dim"])
+    offsets = np.zeros(n_patients + 1, dtype=np.int64)
+    for p in range(n_patients):
+        offsets[p + 1] = offsets[p] + sum(n for _, n in per_patient.get(p, []))
+    order = [(slide_ids[k], n) for p in range(n_patients) for k, n in per_patient.get(p, [])]
+    key = _key(encoder, identity, order, wd.features_dir(encoder) / "manifest.json")
+    path = wd.features_dir(encoder) / "bags" / f"{key}.npy"
+    total = int(offsets[-1])
+    if not path.is_file():
+        group = stores.feature_group(wd, encoder)
+        with artifacts.atomic_path(path) as tmp, Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("packing feature bags", total=len(order))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(V, max(total, 1), D))
+            at = 0
+            for sid, n in order:
+                arr = np.asarray(stores.member(group, sid)[...]) if hasattr(stores, "member") \
+                    else np.asarray(group[sid][...])
+                if arr.shape[1] != n or arr.shape[2] != D or arr.shape[0] < V:
+                    raise ArtifactError(f"slide {sid} has features {arr.shape}, the index says "
+                                        f"({V}+, {n}, {D})",
+                                        path=wd.features_zarr(encoder),
+                                        fix=f"re-run `brcatool embed -w {wd.root} --overwrite`")
+                out[:, at:at + n] = arr[:V]
+                at += n
+                del arr
+                out.flush()
+                bar.advance(task)
+            del out
+    data = np.load(path, mmap_mode="r")
+    if data.shape != (V, max(total, 1), D):
+        raise ArtifactError(f"holds {data.shape}, expected {(V, total, D)}", path=path,
+                            fix="delete it; the next train rebuilds it")
+    return RaggedBags(data, offsets)
