@@ -130,5 +130,22 @@ def read_expression(path: Path, *, samples_as_rows: bool | None = None,
         raise InputError(f"{int(bad.sum())} infinite value(s), first at sample {samples[r]!r}, gene "
                          f"{genes[c]!r}", path=path,
                          fix="replace infinities with real values or leave the cell empty")
-    return ExpressionTable(samples, genes, values,
-                           "samples x genes" if samples_as_rows else "genes x samples", path)
+    table = ExpressionTable(samples, genes, values,
+                            "samples x genes" if samples_as_rows else "genes x samples", path)
+    if not ends_with_line_end(path):
+        table.notes.append(f"the file does not end with a line end: if it was cut short, its last row "
+                           f"({ids[-1]!r}) may be incomplete")
+        table.dropped["no_final_line_end"] = 1
+    return table
+
+
+def ends_with_line_end(path: Path) -> bool:
+    """Whether a plain-text table ends with a newline (gzip and Parquet check themselves)."""
+    if table_format(path) == "parquet" or is_gzip(path):
+        return True
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() == 0:
+            return True
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
