@@ -81,7 +81,7 @@ def header(path: Path, sep: str) -> tuple[list[str], bool]:
                     comments = True
                 elif line.strip():
                     return next(csv.reader([line], delimiter=sep)), comments
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as exc:
         raise InputError(f"cannot read as text ({exc})", path=path,
                          fix="pass a CSV/TSV (optionally .gz) or Parquet file") from None
     return [], comments

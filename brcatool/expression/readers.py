@@ -5,6 +5,7 @@ detection, ids checked, values as float32. The per-source readers (``sources/``)
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ def peek(path: Path) -> Peek:
         opener: Any = gzip.open if is_gzip(path) else open
         with opener(path, "rb") as fh:
             head = fh.read(1 << 16)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return Peek(path, False)  # read_table names the problem later
     comments = False
     for raw in head.split(b"\n"):

@@ -144,6 +144,8 @@ def prepare_expression(cfg: PrepExprConfig, warnings: list[str]):
     files = {k.removeprefix("gdc_"): v for k, v in d.items() if k.startswith("gdc_")}
     if files:
         dropped["gdc_files"] = files
+    if d.get("no_final_line_end"):
+        dropped["no_final_line_end"] = True  # maybe cut short: said in the warnings
     if cfg.genes:
         idx, missing = panel_columns(genes, load_panel(cfg.genes))
         if not idx:
