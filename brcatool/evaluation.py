@@ -39,7 +39,8 @@ class EvaluateConfig:
     top_k: int = 8  # patches per patient in the top-k montage (0 = no montages)
     heatmaps: bool = False  # patch weights on slide thumbnails
     plots: bool = True
-    attention: bool = True  # export patch weights for attention models
+    attention: bool = True  # export patch weights (attention; occlusion for models without it)
+    geojson: bool = False  # QuPath GeoJSON per slide: patch weights as tiles + the prediction
     device: str = "cpu"
     seed: int = 0
     overwrite: bool = False
@@ -212,7 +213,7 @@ def _curves(table: Any, classes: list[str], out: Path, label: str) -> list[Path]
 
 # --------------------------------------------------------------------------- the stage
 # outputs beyond the metrics: an evaluation that made them (or more) has the same numbers
-_EXTRAS = ("plots", "attention", "heatmaps", "top_k")
+_EXTRAS = ("plots", "attention", "heatmaps", "top_k", "geojson")
 
 
 def _covers(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -222,7 +223,7 @@ def _covers(old: dict[str, Any], new: dict[str, Any]) -> bool:
         return False
     if new.get("top_k") != old.get("top_k") and new.get("attention"):
         return False
-    return all(old.get(k) or not new.get(k) for k in ("plots", "attention", "heatmaps"))
+    return all(old.get(k) or not new.get(k) for k in ("plots", "attention", "heatmaps", "geojson"))
 
 
 def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool = True,
@@ -344,10 +345,16 @@ def _evaluate_oof(wd: Workdir, run_dir: Path, out_dir: Path, info: dict[str, Any
         from brcatool.training import predict
 
         preds = predict(run_dir, wd, mode="oof", attention=True, device=cfg.device)
-        _export_attention(wd, preds.attention, out_dir, cfg, res, progress)
+        _export_attention(wd, _with_method(preds.attention), out_dir, cfg, res, progress, oof)
+    elif cfg.attention and info["fusion"] != "gene":
+        from brcatool.contributions import contributions
+
+        _export_attention(wd, contributions(run_dir, wd, mode="oof", device=cfg.device), out_dir, cfg, res,
+                          progress, oof)
+        res.notes.append(f"patch weights: leave-one-patch-out occlusion of the predicted logit "
+                         f"({info['fusion']}/{info['aggregator']} does not weigh patches)")
     elif cfg.attention:
-        res.notes.append(f"no patch weights: {info['fusion']}/{info['aggregator']} does not weigh patches "
-                         "(abmil aggregator or xattn fusion do)")
+        res.notes.append("no patch weights: a gene-only model uses no patches")
     return res
 
 
@@ -385,14 +392,26 @@ def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[
     if cfg.plots:
         res.plots = _curves(table, classes, out_dir / "plots", f"{run_dir.name} on {out_dir.name}")
     if preds.attention is not None:
-        _export_attention(other, preds.attention, out_dir, cfg, res, progress)
+        _export_attention(other, _with_method(preds.attention), out_dir, cfg, res, progress, table)
+    elif cfg.attention and info["fusion"] != "gene":
+        from brcatool.contributions import contributions
+
+        _export_attention(other, contributions(run_dir, other, mode="ensemble", device=cfg.device), out_dir,
+                          cfg, res, progress, table)
     return res
 
 
 # --------------------------------------------------------------------------- interpretability
+def _with_method(att: Any, method: str = "attention") -> Any:
+    import polars as pl
+
+    return att.with_columns(pl.lit(method).alias("method")) if att is not None else None
+
+
 def _export_attention(wd: Workdir, att: Any, out_dir: Path, cfg: EvaluateConfig, res: EvaluateResult,
-                      progress: bool) -> None:
-    """attention.parquet (weights sum to 1 per patient), top-k montages and heatmaps."""
+                      progress: bool, predictions: Any = None) -> None:
+    """attention.parquet (attention weights sum to 1 per patient; ``method`` says how they were made),
+    top-k montages, heatmaps and (``--geojson``) one QuPath GeoJSON per slide."""
     if att is None or att.height == 0:
         res.notes.append("the models returned no patch weights")
         return
@@ -402,3 +421,9 @@ def _export_attention(wd: Workdir, att: Any, out_dir: Path, cfg: EvaluateConfig,
     res.attention = artifacts.write_parquet(att, out_dir / "attention.parquet", schema="attention")
     res.montages, res.heatmaps = patch_maps.draw(wd, att, out_dir, top_k=cfg.top_k, heatmaps=cfg.heatmaps,
                                                  notes=res.notes, progress=progress)
+    if cfg.geojson:
+        from brcatool.interop import qupath
+
+        preds = qupath.patient_predictions(predictions, res.classes) if predictions is not None else {}
+        n = qupath.write_slide_collections(wd, att, preds, out_dir / "geojson", run=res.run, notes=res.notes)
+        res.notes.append(f"GeoJSON for QuPath (File > Import objects): {n} slide(s) in {out_dir / 'geojson'}")

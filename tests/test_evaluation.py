@@ -86,7 +86,8 @@ def test_plots_written_and_non_empty(evaluated) -> None:
 
 def test_attention_weights_sum_to_one_per_patient(prepared, evaluated) -> None:
     att = artifacts.read_parquet(evaluated.attention, schema="attention")
-    assert att.columns == ["patient_id", "slide_id", "patch_index", "weight"]
+    assert att.columns == ["patient_id", "slide_id", "patch_index", "weight", "method"]
+    assert set(att["method"]) == {"attention"}
     sums = att.group_by("patient_id").agg(pl.col("weight").sum())["weight"].to_numpy()
     assert len(sums) == 36 and np.allclose(sums, 1.0, atol=1e-4)
     assert (att["weight"] >= 0).all()

@@ -37,6 +37,9 @@ def evaluate(
     heatmaps: Annotated[bool, typer.Option(
         "--heatmaps", help="Draw patch weights on each slide's thumbnail.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG figures.")] = True,
+    geojson: Annotated[bool, typer.Option(
+        "--geojson", help="One QuPath GeoJSON per slide (eval/geojson/): patch tiles with their weight "
+        "and the slide's prediction (File > Import objects).")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda[:N] for model inference.")] = "cpu",
     workdir: WorkdirOpt = default_workdir(),
     config: ConfigOpt = None,
@@ -48,7 +51,8 @@ def evaluate(
     from brcatool.evaluation import EvaluateConfig, run_evaluate
 
     cfg = EvaluateConfig(run=run, on=str(on) if on is not None else None, bootstrap=bootstrap, top_k=top_k,
-                         heatmaps=heatmaps, plots=plots, device=device, seed=seed, overwrite=overwrite)
+                         heatmaps=heatmaps, plots=plots, geojson=geojson, device=device, seed=seed,
+                         overwrite=overwrite)
     result = run_evaluate(workdir, cfg, progress=not quiet)
     if not quiet:
         print_result(result)

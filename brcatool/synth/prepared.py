@@ -64,7 +64,7 @@ def make_prepared_workdir(
     genes: int = 40, views: int = 2, gene_signal: float = 1.0, image_signal: float = 1.0,
     task: str = "luminal-vs-basalher2", classes: Sequence[str] | None = None,
     missing_expression: int = 0, missing_slides: int = 0, slides_per_patient: int = 1,
-    ragged: bool = False, seed: int = 0, encoder: str = "synthetic",
+    ragged: bool = False, seed: int = 0, encoder: str = "synthetic", signal_patches: int | None = None,
     weights: str = "synthetic-v1", recipe: dict | None = None,
 ) -> PreparedWorkdir:
     """Write features (store, index, manifest), expression, labels, recipe, cohort, slides, patches.
@@ -120,6 +120,8 @@ def make_prepared_workdir(
             n = int(rng.integers(max(1, patches // 2), patches + 1)) if ragged else patches
             clean = rng.standard_normal((n, dim))
             signal_rows = rng.random(n) < 0.5
+            if signal_patches is not None:  # the first k patches carry the signal (planted, known)
+                signal_rows = np.arange(n) < signal_patches
             clean[signal_rows] += image_signal * protos[target[i]]
             feats = clean[None] + 0.1 * rng.standard_normal((views, n, dim))
             feats[0] = clean
