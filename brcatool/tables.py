@@ -70,23 +70,6 @@ def split_header(data: bytes, sep: str, path: Path) -> tuple[list[str], int, boo
     return [], len(data), comments
 
 
-def header(path: Path, sep: str) -> tuple[list[str], bool]:
-    """Column names, and whether ``#`` comment lines come first (cBioPortal style)."""
-    opener = gzip.open if is_gzip(path) else open
-    comments = False
-    try:
-        with opener(path, "rt", newline="") as fh:
-            for line in fh:
-                if line.startswith("#"):
-                    comments = True
-                elif line.strip():
-                    return next(csv.reader([line], delimiter=sep)), comments
-    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as exc:
-        raise InputError(f"cannot read as text ({exc})", path=path,
-                         fix="pass a CSV/TSV (optionally .gz) or Parquet file") from None
-    return [], comments
-
-
 def check_fields(data: bytes, start: int, n_fields: int, sep: str, path: Path) -> None:
     """Every data row has as many fields as the header: a row cut short (a truncated download, a
     stray tab) is an error naming the row, never cells silently read as missing.

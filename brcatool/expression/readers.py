@@ -53,15 +53,10 @@ class Peek:
     path: Path
     is_dir: bool
     columns: tuple[str, ...] = ()
-    comments: bool = False
 
     @property
     def first(self) -> str:
         return self.columns[0] if self.columns else ""
-
-    @property
-    def name(self) -> str:
-        return self.path.name.lower()
 
 
 def peek(path: Path) -> Peek:
@@ -86,14 +81,11 @@ def peek(path: Path) -> Peek:
             head = fh.read(1 << 16)
     except (OSError, EOFError, zlib.error):
         return Peek(path, False)  # read_table names the problem later
-    comments = False
     for raw in head.split(b"\n"):
         line = raw.decode("utf-8", "replace").rstrip("\r")
-        if line.startswith("#"):
-            comments = True
-        elif line.strip():
-            return Peek(path, False, tuple(c.strip().strip('"') for c in line.split(sep)), comments)
-    return Peek(path, False, (), comments)
+        if line.strip() and not line.startswith("#"):
+            return Peek(path, False, tuple(c.strip().strip('"') for c in line.split(sep)))
+    return Peek(path, False)
 
 
 def read_expression(path: Path, *, samples_as_rows: bool | None = None,

@@ -147,9 +147,10 @@ def decide_log(values: np.ndarray, mode: str, *, path: Path | None = None,
                hint: str | None = None) -> tuple[bool, str]:
     """(apply log2(x+1)?, the input scale said in the summary) for ``--log auto|yes|no``.
 
-    ``hint`` is what the source says its values are (``log2(x+1)``, ``zscore``, ``raw``): auto trusts
-    it (never transforms logged or z-scored values again; always logs raw ones). Without a hint auto looks at the values: ``raw`` is logged,
-    ``log``/``centred`` left as they are, ``mixed`` is an error. ``yes`` on negative values is an error.
+    ``hint`` is what the source says its values are (``log2(x+1)``, ``zscore``, ``raw``): auto
+    trusts it (never logs logged or z-scored values again; always logs raw ones). Without a hint
+    auto looks at the values: ``raw`` is logged, ``log``/``centred`` left as they are, ``mixed`` is
+    an error. Logging negative values is an error.
     """
     if mode == "no":
         return False, hint or "as given (--log no)"
@@ -166,7 +167,8 @@ def decide_log(values: np.ndarray, mode: str, *, path: Path | None = None,
         if scale != "raw":
             return False, {"log": "log scale (max <= 50)", "centred": "z-scores (centred)"}[scale]
     if np.nanmin(values) < 0:
-        raise InputError(f"--log yes but {int((values < 0).sum())} value(s) are negative", path=path,
+        what = "--log yes" if mode == "yes" else "raw values (source layout) to log"
+        raise InputError(f"{what} but {int((values < 0).sum())} value(s) are negative", path=path,
                          fix="these data look already transformed: use --log no (or auto)")
     return True, "raw"
 
