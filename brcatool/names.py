@@ -48,6 +48,8 @@ def file_name(id_: str) -> str:
     if is_plain(id_):
         return id_
     readable = _UNSAFE.sub("_", id_).strip("._-")[:64].rstrip("._-") or "id"
+    if readable.split(".")[0].lower() in WINDOWS_RESERVED:  # `con.txt~...` still names a device
+        readable = f"_{readable}"
     digest = hashlib.sha256(id_.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
     return f"{readable}~{digest}"
 

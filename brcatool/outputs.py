@@ -136,7 +136,7 @@ def stale_inputs(wd: Workdir, manifest: Mapping[str, Any]) -> list[str]:
     for rec in manifest.get("consumed", []) or []:
         path = Path(rec.get("manifest", ""))
         path = path if path.is_absolute() else wd.root / path
-        now = read_json(path).get("fingerprint") if path.is_file() else "missing"
+        now = read_json(path).get("fingerprint") if path.is_file() else None
         if now != rec.get("fingerprint"):
             out.append(str(rec.get("stage")))
     return out
