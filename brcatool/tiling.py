@@ -26,6 +26,7 @@ from brcatool import artifacts, locks, slides, stores
 from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
 from brcatool.errors import ArtifactError, BrcaError, InputError
 from brcatool.executors import RunOptions, make_executor
+from brcatool.interop import geojson as qupath_geojson
 from brcatool.patchgrid import allocate, candidate_grid, select, slide_rng, tissue_mask
 
 PARTS = ".tile-parts"
@@ -50,6 +51,8 @@ class TileConfig:
     tissue_method: Literal["otsu-sat", "otsu-gray"] = "otsu-sat"
     min_area: float = 5000.0  # µm²; smaller tissue components are dropped
     mpp_fallback: float | None = None  # level-0 µm/px for slides without usable metadata
+    roi: str | None = None  # folder of QuPath GeoJSON annotations per slide (regions of interest)
+    roi_missing: Literal["skip", "whole"] = "whole"  # slides without an ROI file
     seed: int = 0
     no_pixels: bool = False  # patches.parquet + QC only; embed reads the pixels from the slides
     workers: int = 1
@@ -97,6 +100,8 @@ def validate(cfg: TileConfig) -> None:
         (cfg.workers >= 1, "--workers must be >= 1"),
         (cfg.sampling in ("random", "spread", "all"), "--sampling must be random, spread or all"),
         (cfg.tissue_method in ("otsu-sat", "otsu-gray"), "--tissue-method must be otsu-sat or otsu-gray"),
+        (cfg.roi is None or Path(cfg.roi).is_dir(), "--roi must be a folder of QuPath GeoJSON files"),
+        (cfg.roi_missing in ("skip", "whole"), "--roi-missing must be skip or whole"),
         (bool(cfg.slides) or cfg.slides_table is not None, "give slide files/folders or --slides-table"),
     ]
     for ok, message in checks:
@@ -151,9 +156,14 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
         mask = tissue_mask(thumb, method=cfg.tissue_method, min_area_px=cfg.min_area / (ds * mpp0) ** 2)
         stride0 = (cfg.stride or cfg.patch_size) * plan.size0 / cfg.patch_size
         xy, frac = candidate_grid(mask, (w0, h0), plan.size0, stride0, cfg.min_tissue)
+        roi_status = roi_note = None
+        if cfg.roi:  # QuPath regions of interest: keep candidates whose centre is inside (holes excluded)
+            xy, frac, roi_status, roi_note = qupath_geojson.roi_filter(
+                cfg.roi, cfg.roi_missing, entry.slide_id, xy, frac, plan.size0)
     except Exception as exc:  # noqa: BLE001 - any failure of one slide becomes its row
         return _failed(entry, exc, t0)
     base = _qc_base(thumb, mask)
+    qupath_geojson.write_tissue(qc_dir, entry.slide_id, mask, ds)  # tissue outlines for QuPath
     status = "ok" if len(xy) else "no_tissue"
     if status == "no_tissue":
         _png(qc_dir / f"{entry.slide_id}.png", base)
@@ -164,6 +174,8 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
     error = None if len(xy) else (
         f"slide ({w0}x{h0} px) is smaller than one patch ({plan.size0:.0f} px)"
         if plan.size0 > min(w0, h0) else "no tissue found under the mask")
+    if roi_note:
+        status, error = roi_status or status, roi_note
     return {"slide_id": entry.slide_id, "status": status, "error": error, "width": w0,
             "height": h0, "mpp": mpp0, "n_candidates": len(xy), "seconds": time.perf_counter() - t0,
             "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan)}

@@ -30,6 +30,11 @@ class Sampling(str, Enum):
     all = "all"
 
 
+class RoiMissing(str, Enum):
+    skip = "skip"
+    whole = "whole"
+
+
 class TissueMethod(str, Enum):
     otsu_sat = "otsu-sat"
     otsu_gray = "otsu-gray"
@@ -69,6 +74,13 @@ def tile(
     no_pixels: Annotated[bool, typer.Option(
         "--no-pixels", help="Write coordinates (patches.parquet) and QC but no patches.zarr; "
                             "embed then reads each patch from the slide.")] = False,
+    roi: Annotated[Path | None, typer.Option(
+        "--roi", file_okay=False, exists=True,
+        help="Folder of QuPath GeoJSON annotation exports, one per slide (<slide_id>.geojson): keep only "
+        "patches whose centre lies inside (holes excluded), on tissue.")] = None,
+    roi_missing: Annotated[RoiMissing, typer.Option(
+        "--roi-missing", help="Slides without an ROI file: whole (tile all tissue) or skip.")
+    ] = RoiMissing.whole,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Processes working on slides.")] = 1,
     shard: ShardOpt = None,
     dask: DaskOpt = None,
@@ -98,6 +110,7 @@ def tile(
         patches=patches, sampling=Sampling(sampling).value, mpp=mpp if mpp is not None else TileConfig.mpp,
         magnification=magnification, patch_size=patch_size, stride=stride, min_tissue=min_tissue,
         tissue_method=TissueMethod(tissue_method).value, min_area=min_area, mpp_fallback=mpp_fallback,
+        roi=str(roi) if roi is not None else None, roi_missing=RoiMissing(roi_missing).value,
         seed=seed, no_pixels=no_pixels, workers=workers, shard=shard, dask=dask, merge=merge,
         overwrite=overwrite, strict=strict,
     )

@@ -220,3 +220,27 @@ def roi_keep(roi_dir: str | Path, slide_id: str, xy0: np.ndarray, size0: float) 
         return None
     centres = np.asarray(xy0, dtype=np.float64).reshape(-1, 2) + size0 / 2.0
     return points_in_polygons(centres, read_polygons(path))
+
+
+def roi_filter(roi_dir: str | Path, missing: str, slide_id: str, xy0: np.ndarray, frac: np.ndarray,
+               size0: float) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
+    """``tile --roi``: (kept candidates, their tissue fractions, a status for the slide or None, a note).
+
+    The candidates already passed the tissue mask (``--min-tissue``), so what is kept is the
+    intersection of tissue and ROI. No ROI file: ``missing="whole"`` keeps all, ``"skip"`` none
+    (status ``no_roi``)."""
+    keep = roi_keep(roi_dir, slide_id, xy0, size0)
+    if keep is None:
+        if missing == "skip":
+            note = f"no ROI file for this slide in {roi_dir} (--roi-missing skip)"
+            return xy0[:0], frac[:0], "no_roi", note
+        return xy0, frac, None, None
+    note = None if keep.any() else "no tissue candidate inside the ROI annotations"
+    return xy0[keep], frac[keep], None, note
+
+
+def write_tissue(qc_dir: str | Path, slide_id: str, mask: np.ndarray, scale: float) -> Path:
+    """``qc/<slide>.geojson``: the tissue mask's outlines as QuPath annotations (level-0 px)."""
+    from brcatool.names import file_name
+
+    return write(Path(qc_dir) / f"{file_name(slide_id)}.geojson", mask_annotations(mask, scale))
