@@ -44,6 +44,8 @@ MISSING_VALUES = frozenset({
 #: (PATIENT_ID, SAMPLE_ID), TCGAbiolinks (patient), UCSC Xena (sampleID), PanCancer Atlas (pan.samplesID).
 ID_COLUMNS = ("patient_id", "bcr_patient_barcode", "PATIENT", "Patient ID", "patient", "Sample ID",
               "SAMPLE_ID", "sampleID", "sample", "pan.samplesID")
+#: Sample-barcode columns: the sample type (01 primary, 11 normal ...) of a row is read from these.
+SAMPLE_COLUMNS = ("sampleID", "SAMPLE_ID", "Sample ID", "sample", "pan.samplesID", "bcr_sample_barcode")
 LABEL_COLUMNS = ("PAM50", "Subtype", "TCGA Subtype", "BRCA_Subtype_PAM50", "PAM50Call_RNAseq",
                  "Subtype_mRNA")
 
@@ -265,13 +267,16 @@ def prepare_labels(path: Path, expr_patients: Sequence[str], warnings: list[str]
     raw_ids = ["" if v is None else str(v) for v in df[id_col].to_list()]
     ids = [patient_of(v) if v else "" for v in raw_ids]
     values = df[label_col].to_list()
-    stypes = [(parse_barcode(v) or ("", None, ""))[1] for v in raw_ids]
+    lower = {c.lower(): c for c in df.columns}
+    sample_col = next((lower[c.lower()] for c in SAMPLE_COLUMNS if c.lower() in lower), id_col)
+    samples = ["" if v is None else str(v) for v in df[sample_col].to_list()]
+    stypes = [(parse_barcode(v) or ("", None, ""))[1] for v in samples]
     has_primary = {p for p, t in zip(ids, stypes, strict=True) if t == "01"}
     other = [i for i, (p, t) in enumerate(zip(ids, stypes, strict=True))
              if t not in (None, "01") and p in has_primary]
     if other:
         warnings.append(f"{path.name}: {len(other)} row(s) of non-primary samples "
-                        f"(e.g. {raw_ids[other[0]]!r}) ignored: their patients have a primary (01) row")
+                        f"(e.g. {samples[other[0]]!r}) ignored: their patients have a primary (01) row")
         skip = set(other)
         ids = [p for i, p in enumerate(ids) if i not in skip]
         values = [v for i, v in enumerate(values) if i not in skip]

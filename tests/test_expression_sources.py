@@ -264,9 +264,12 @@ def test_cbioportal_zscores_never_logged(tmp_path):
 def test_xena_hiseqv2_gzip_and_clinical_matrix(tmp_path):
     hiseq = _gz(tmp_path / "HiSeqV2.gz", f"sample\t{A}-01\t{B}-01\t{B}-11\n"
                                         "ESR1\t1.5\t2.25\t10.0\nERBB2\t12.0\t0.5\t3.0\n")
+    # bcr_patient_barcode (patient level) is the id column found first; sampleID still gives each
+    # row's sample type
     clinical = _write(tmp_path / "BRCA_clinicalMatrix",
-                      "sampleID\tAJCC_Stage_nature2012\tPAM50Call_RNAseq\t_PATIENT\n"
-                      f"{A}-01\tStage I\tLumA\t{A}\n{B}-01\tStage IIA\tBasal\t{B}\n{B}-11\t\tNormal\t{B}\n")
+                      "sampleID\tAJCC_Stage_nature2012\tPAM50Call_RNAseq\t_PATIENT\tbcr_patient_barcode\n"
+                      f"{A}-01\tStage I\tLumA\t{A}\t{A}\n{B}-01\tStage IIA\tBasal\t{B}\t{B}\n"
+                      f"{B}-11\t\tNormal\t{B}\t{B}\n")
     assert detect_source(hiseq) == "xena"
     result, expr, labels, m = _run(tmp_path, expression=hiseq, clinical=clinical, task="pam50")
     assert result.counts["log_applied"] is False and "log2(x+1)" in result.counts["input_scale"]
