@@ -75,17 +75,10 @@ def read_slides_table(path: str | Path) -> dict[str, dict[str, Any]]:
     ``patient_id``, ``mpp``); a ``path`` column also names the slide file (heatmap thumbnails)."""
     import polars as pl
 
+    from brcatool.tables import read_table
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError("slides table not found", path=path, fix="check --slides-table")
-    try:
-        if path.suffix.lower() == ".parquet":
-            df = pl.read_parquet(path)
-        else:
-            sep = "\t" if path.suffix.lower() in (".tsv", ".tab", ".txt") else ","
-            df = pl.read_csv(path, separator=sep, infer_schema_length=0)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad table
-        raise InputError(f"cannot read slides table ({str(exc).splitlines()[0]})", path=path) from None
+    df = read_table(path, numeric=False)
     if "slide_id" not in df.columns and "path" not in df.columns:
         raise InputError(f"needs a 'slide_id' or 'path' column (found {', '.join(df.columns)})", path=path)
     out: dict[str, dict[str, Any]] = {}
