@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ import numpy as np
 from brcatool import artifacts, stores
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError, InputError
+from brcatool.ids import parse_barcode
+from brcatool.splits import (  # noqa: F401 - the split lives in splits.py; importable from here too
+    Splits,
+    check_folds,
+    check_splits,
+    get_splits,
+    load_splits,
+    make_splits,
+    save_splits,
+)
 
 
 @dataclass
@@ -41,6 +52,7 @@ class Cohort:
     patch_index: np.ndarray  # (P, N) int32, -1 for padding
     encoder: dict[str, Any] = field(default_factory=dict)  # encoder, weights, dim, views
     recipe_settings: dict[str, Any] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)  # slides not in any bag: reason -> count
 
     @property
     def n(self) -> int:
@@ -82,13 +94,21 @@ class Cohort:
         rng = np.random.default_rng(seed)
         return dataclasses.replace(self, targets=self.targets[rng.permutation(self.n)])
 
-    def with_shuffled_images(self, seed: int) -> Cohort:
-        """A copy whose image bags are shuffled across patients (what do images add?)."""
+    def with_shuffled_images(self, seed: int, groups: np.ndarray | None = None) -> Cohort:
+        """A copy whose image bags are shuffled among the patients that have images (what do the
+        images add?), within each group (e.g. the fold of each repeat: ``splits.fold.T``), so
+        bags never cross from training to validation and nobody gains or loses a modality."""
         rng = np.random.default_rng(seed)
-        p = rng.permutation(self.n)
+        p = np.arange(self.n)
+        keys = np.zeros((self.n, 1), dtype=np.int64) if groups is None else \
+            np.asarray(groups).reshape(self.n, -1)
+        _, cell = np.unique(keys, axis=0, return_inverse=True)
+        for c in np.unique(cell):
+            members = np.flatnonzero((cell.ravel() == c) & self.has_img)
+            p[members] = members[rng.permutation(len(members))]
         return dataclasses.replace(
             self, features=None if self.features is None else self.features[p], mask=self.mask[p],
-            has_img=self.has_img[p], patch_slide=self.patch_slide[p], patch_index=self.patch_index[p])
+            patch_slide=self.patch_slide[p], patch_index=self.patch_index[p])
 
 
 def cohort_hash(patient_ids: list[str], targets: np.ndarray) -> str:
@@ -133,11 +153,15 @@ def encoder_identity(wd: Workdir, encoder: str) -> dict[str, Any]:
 
 
 def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: bool = True,
-                expression: bool = True, dtype: Any = np.float16, progress: bool = False) -> Cohort:
+                expression: bool = True, dtype: Any = np.float16, progress: bool = False,
+                slide_types: Sequence[str] | None = None, keep_all_samples: bool = False) -> Cohort:
     """Join labels, expression and patch features by patient.
 
     ``images=False`` skips reading the feature store (gene-only models); the index still tells
-    which patients have slides. Patients come from ``labels.parquet``.
+    which patients have slides. Patients come from ``labels.parquet``. Slides named by TCGA
+    barcodes join a patient's bag only when primary tumour (sample type 01; all sample types with
+    ``keep_all_samples``) and of a slide type in ``slide_types`` (default DX, TS, BS); what was
+    left out is counted in ``Cohort.left_out``. Other slide names always join.
     """
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     if wd.labels_table.exists() and not wd.stage_manifest("prep-expr").exists():
@@ -190,6 +214,7 @@ def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: 
     identity: dict[str, Any] = {}
     slide_ids: list[str] = []
     per_patient: dict[int, list[tuple[int, int]]] = {}  # patient -> [(slide k, n)]
+    left_out: dict[str, int] = {}
     if enc_name is not None:
         identity = encoder_identity(wd, enc_name)
         index = artifacts.read_parquet(wd.features_index(enc_name), schema="features",
@@ -202,6 +227,10 @@ def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: 
         views = min(index["views"].to_list()) if index.height else 1
         identity["views"] = int(views)
         for sid, pid, n in index.select("slide_id", "patient_id", "n_patches").iter_rows():
+            why = slide_left_out(str(sid), slide_types, keep_all_samples) if n and str(pid) in pos else None
+            if why:
+                left_out[why] = left_out.get(why, 0) + 1
+                continue
             if n and str(pid) in pos:
                 per_patient.setdefault(pos[str(pid)], []).append((len(slide_ids), int(n)))
                 slide_ids.append(str(sid))
@@ -227,7 +256,28 @@ def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: 
                   targets=targets, genes=genes, expression=expr, has_expr=has_expr,
                   features=features, mask=mask, has_img=has_img, slide_ids=slide_ids,
                   patch_slide=patch_slide, patch_index=patch_index, encoder=identity,
-                  recipe_settings=recipe_settings)
+                  recipe_settings=recipe_settings, left_out=left_out)
+
+
+SAMPLE_TYPES = {"01": "primary tumour", "02": "recurrent tumour", "06": "metastasis",
+                "11": "solid tissue normal"}
+_SLIDE_TYPE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}[A-Z]?-\d{2}-([A-Z]{2})\d*", re.IGNORECASE)
+
+
+def slide_left_out(slide_id: str, slide_types: Sequence[str] | None = None,
+                   keep_all_samples: bool = False) -> str | None:
+    """Why a TCGA slide stays out of its patient's bag (``"sample type 11 (solid tissue normal)"``,
+    ``"slide type TS"``), or None when it joins (non-TCGA names always join)."""
+    parsed = parse_barcode(slide_id)
+    if parsed is None:
+        return None
+    stype = parsed[1]
+    if stype and stype != "01" and not keep_all_samples:
+        return f"sample type {stype} ({SAMPLE_TYPES.get(stype, 'not primary tumour')})"
+    m = _SLIDE_TYPE.match(slide_id)
+    if m and slide_types is not None and m.group(1).upper() not in {t.upper() for t in slide_types}:
+        return f"slide type {m.group(1).upper()}"
+    return None
 
 
 def _class_names(labels: Any, task: str, path: Path) -> list[str]:
@@ -271,143 +321,3 @@ def _read_features(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[
                 at += n
                 bar.advance(task)
     return out
-
-
-# --------------------------------------------------------------------------- splits
-@dataclass
-class Splits:
-    """Fold of every patient for every repeat; ``fold[r][i]`` belongs to ``patient_ids[i]``."""
-
-    folds: int
-    repeats: int
-    seed: int
-    task: str
-    patient_ids: list[str]
-    fold: np.ndarray  # (R, P) int
-    cohort_hash: str
-    path: Path | None = None
-
-    def indices(self, repeat: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(train, validation) patient positions of one fold."""
-        f = self.fold[repeat]
-        return np.flatnonzero(f != k), np.flatnonzero(f == k)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "folds": self.folds, "repeats": self.repeats, "seed": self.seed, "task": self.task,
-            "assignments": [{"patient_id": p, "repeat": r, "fold": int(self.fold[r, i])}
-                            for r in range(self.repeats) for i, p in enumerate(self.patient_ids)],
-            "cohort_hash": self.cohort_hash,
-        }
-
-    def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
-
-
-def make_splits(cohort: Cohort, *, folds: int, repeats: int = 1, seed: int = 0) -> Splits:
-    """Stratified K-fold over patients (repeated R times with different shuffles), seeded."""
-    from sklearn.model_selection import RepeatedStratifiedKFold
-
-    if folds < 2:
-        raise InputError(f"--folds must be at least 2, got {folds}")
-    if repeats < 1:
-        raise InputError(f"--repeats must be at least 1, got {repeats}")
-    check_folds(cohort, folds)
-    rskf = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
-    fold = np.full((repeats, cohort.n), -1, dtype=np.int64)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # classes smaller than K: sklearn spreads them as it can
-        for i, (_, val) in enumerate(rskf.split(np.zeros(cohort.n), cohort.targets)):
-            fold[i // folds, val] = i % folds
-    return Splits(folds=folds, repeats=repeats, seed=seed, task=cohort.task,
-                  patient_ids=list(cohort.patient_ids), fold=fold, cohort_hash=cohort.hash())
-
-
-def check_folds(cohort: Cohort, folds: int, usable: np.ndarray | None = None, *,
-                why: str = "") -> None:
-    """Refuse, naming the class, when the (usable) patients cannot fill ``folds`` stratified folds.
-
-    Every class needs 2 patients (one can then sit in training while another is validated; with
-    stratification a class of n >= 2 patients lands in n different folds), and the largest class
-    needs ``folds`` so that no validation fold is empty.
-    """
-    targets = cohort.targets if usable is None else cohort.targets[usable]
-    counts = np.bincount(targets, minlength=len(cohort.classes))
-    small = [(cohort.classes[c], int(n)) for c, n in enumerate(counts) if n < 2]
-    if small:
-        shown = ", ".join(f"{name!r} has {n} patient{'s' if n != 1 else ''}" for name, n in small)
-        raise InputError(f"class {shown}{why}: a class needs at least 2 patients to be both trained "
-                         f"on and validated in {folds}-fold cross-validation",
-                         fix="add patients of that class, or choose a task without it "
-                             "(prep-expr --task)")
-    if counts.max() < folds:
-        raise InputError(f"{len(targets)} patients{why} (largest class {counts.max()}) cannot fill "
-                         f"{folds} folds", fix=f"use --folds {max(2, int(counts.max()))} or fewer")
-
-
-def save_splits(splits: Splits, path: Path) -> Path:
-    artifacts.write_json(path, splits.to_json())
-    splits.path = Path(path)
-    return Path(path)
-
-
-def load_splits(path: Path) -> Splits:
-    data = artifacts.read_json(path)
-    try:
-        folds, repeats = int(data["folds"]), int(data["repeats"])
-        rows = data["assignments"]
-        pids = sorted({str(a["patient_id"]) for a in rows})
-        pos = {p: i for i, p in enumerate(pids)}
-        fold = np.full((repeats, len(pids)), -1, dtype=np.int64)
-        for a in rows:
-            fold[int(a["repeat"]), pos[str(a["patient_id"])]] = int(a["fold"])
-        splits = Splits(folds=folds, repeats=repeats, seed=int(data["seed"]), task=str(data["task"]),
-                        patient_ids=pids, fold=fold, cohort_hash=str(data["cohort_hash"]),
-                        path=Path(path))
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ArtifactError(f"is not a brcatool split ({exc!r})", path=path,
-                            fix="delete it; the next `brcatool train` makes a new one") from None
-    if (fold < 0).any() or (fold >= folds).any():
-        raise ArtifactError("has missing or out-of-range fold numbers", path=path,
-                            fix="delete it; the next `brcatool train` makes a new one")
-    return splits
-
-
-def check_splits(splits: Splits, cohort: Cohort, *, folds: int | None = None,
-                 repeats: int | None = None) -> None:
-    """Refuse a split made for another cohort (patients or labels changed) or other fold counts."""
-    where = splits.path
-    fix = ("delete splits.json to make a new split (runs made with the old one stop being "
-           "comparable with new ones)")
-    if splits.task != cohort.task or splits.cohort_hash != cohort.hash() \
-            or splits.patient_ids != cohort.patient_ids:
-        gone = len(set(splits.patient_ids) - set(cohort.patient_ids))
-        new = len(set(cohort.patient_ids) - set(splits.patient_ids))
-        raise ArtifactError(
-            f"is stale: made for task {splits.task!r} with {len(splits.patient_ids)} patients; the "
-            f"cohort now has task {cohort.task!r}, {cohort.n} patients ({new} new, {gone} gone) "
-            "or changed labels", path=where, fix=fix)
-    if (folds is not None and folds != splits.folds) or (repeats is not None and repeats != splits.repeats):
-        raise ArtifactError(
-            f"has {splits.folds} folds x {splits.repeats} repeats, asked for {folds} x {repeats}",
-            path=where, fix=f"pass --folds {splits.folds} --repeats {splits.repeats} to reuse it, or {fix}")
-
-
-def get_splits(workdir: Path | Workdir, cohort: Cohort, *, folds: int, repeats: int = 1,
-               seed: int = 0, save: bool = True) -> tuple[Splits, bool]:
-    """The saved split, checked against the cohort, or a new one. Returns (splits, created).
-
-    ``save=False`` leaves a new split unsaved (``splits.path`` None): the caller saves it with
-    ``save_splits`` once its run succeeded, so a failed first run leaves no split behind.
-    """
-    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-    if wd.splits.exists():
-        splits = load_splits(wd.splits)
-        check_splits(splits, cohort, folds=folds, repeats=repeats)
-        return splits, False
-    splits = make_splits(cohort, folds=folds, repeats=repeats, seed=seed)
-    if save:
-        save_splits(splits, wd.splits)
-    return splits, True

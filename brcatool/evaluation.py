@@ -80,6 +80,7 @@ class EvaluateResult:
     bootstrap: int = 0
     skipped: bool = False
     seconds: float = 0.0
+    calibration: dict[str, str] = field(default_factory=dict)  # which probabilities Brier describes
 
     def rows(self) -> list[tuple[str, float, float, float, float, float]]:
         """(metric, pooled, fold mean, fold sd, CI low, CI high) per metric, for tables."""
@@ -96,7 +97,7 @@ class EvaluateResult:
             "plots": [p.name for p in self.plots],
             "attention": self.attention.name if self.attention else None,
             "montages": self.montages, "heatmaps": self.heatmaps, "notes": self.notes,
-            "seconds": round(self.seconds, 2),
+            "calibration": self.calibration, "seconds": round(self.seconds, 2),
         })
 
 
@@ -135,7 +136,9 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
     aggregator = str(mets.get("aggregator", cfg.get("aggregator", "")))
     weighs = fusion == "xattn" or (fusion != "gene" and aggregator == "abmil")
     return {"task": str(mets.get("task", "")), "classes": list(mets["classes"]), "fusion": fusion,
-            "aggregator": aggregator, "has_attention": weighs}
+            "aggregator": aggregator, "has_attention": weighs,
+            # which probabilities Brier and the calibration curve describe (train's record)
+            "calibration": mets.get("calibration") or {"probabilities": "model output", "method": "none"}}
 
 
 def _run_encoders(run_dir: Path) -> list[str]:
@@ -161,12 +164,13 @@ def _refuse_overlap(run_dir: Path, other: Workdir) -> None:
 
 # --------------------------------------------------------------------------- metrics
 def fold_metrics(oof: Any, classes: list[str]) -> list[dict[str, Any]]:
-    """``eval_metrics`` of every (repeat, fold) of an oof table."""
-    from brcatool.training import oof_probs
+    """``eval_metrics`` of every (repeat, fold) of an oof table (Brier: ``calibration_probs``)."""
+    from brcatool.training import calibration_probs, oof_probs
 
     out = []
     for (r, k), part in sorted(oof.group_by(["repeat", "fold"]), key=lambda g: g[0]):
-        m = M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy())
+        m = M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy(),
+                           calibrated=calibration_probs(part, classes))
         out.append({"repeat": int(r), "fold": int(k), "n": part.height, **m})
     return out
 
@@ -184,31 +188,34 @@ def summarise(per_fold: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
 
 def pooled_metrics(oof: Any, classes: list[str]) -> dict[str, float]:
     """Metrics of all out-of-fold rows of each repeat, averaged over repeats."""
-    from brcatool.training import oof_probs
+    from brcatool.training import calibration_probs, oof_probs
 
-    rows = [M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy())
+    rows = [M.eval_metrics(part["target"].to_numpy(), oof_probs(part, classes), pred=part["pred"].to_numpy(),
+                           calibrated=calibration_probs(part, classes))
             for _, part in sorted(oof.group_by("repeat"), key=lambda g: g[0])]
     return {k: float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows) else math.nan
             for k in M.EVAL_METRIC_NAMES}
 
 
-def _ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
-    from brcatool.training import oof_probs
+def oof_ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    """Patient-level bootstrap 95 % CI of every metric of an oof table."""
+    from brcatool.training import calibration_probs, oof_probs
 
     return M.bootstrap_ci(table["target"].to_numpy(), oof_probs(table, classes),
                           pred=table["pred"].to_numpy(), groups=np.asarray(table["patient_id"].to_list()),
-                          n_boot=n_boot, seed=seed)
+                          n_boot=n_boot, seed=seed, calibrated=calibration_probs(table, classes))
 
 
 def _curves(table: Any, classes: list[str], out: Path, label: str) -> list[Path]:
     from brcatool import plots
-    from brcatool.training import oof_probs
+    from brcatool.training import calibration_probs, oof_probs
 
     y, probs, pred = table["target"].to_numpy(), oof_probs(table, classes), table["pred"].to_numpy()
+    cal = calibration_probs(table, classes)
     return [plots.pr_curve(y, probs, classes, out / "pr_curve.png", title=f"Precision-recall: {label}"),
             plots.roc_curve(y, probs, classes, out / "roc_curve.png", title=f"ROC: {label}"),
             plots.confusion(y, pred, classes, out / "confusion.png", title=f"Confusion: {label}"),
-            plots.calibration(y, probs, classes, out / "calibration.png", title=f"Calibration: {label}")]
+            plots.calibration(y, cal, classes, out / "calibration.png", title=f"Calibration: {label}")]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -281,6 +288,7 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
     else:
         res = _evaluate_external(other, run_dir, out_dir, info, cfg, progress)
     res.seconds = time.perf_counter() - t0
+    res.calibration = info["calibration"]
     artifacts.write_json(out_dir / "metrics.json", res.to_json())
     config.write_yaml(cfg, out_dir / "config.yaml")
     manifest.write(out_dir / "manifest.json", counts={"patients": res.n_patients, "plots": len(res.plots),
@@ -289,7 +297,7 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
     if other is None:  # a summary beside train's metrics, so one file holds a run's numbers
         mets = artifacts.read_json(run_dir / "metrics.json")
         mets["evaluation"] = {k: v for k, v in res.to_json().items()
-                              if k in ("pooled", "fold_mean", "fold_sd", "ci95", "bootstrap")}
+                              if k in ("pooled", "fold_mean", "fold_sd", "ci95", "bootstrap", "calibration")}
         mets["evaluation"]["details"] = str(out_dir.relative_to(run_dir) / "metrics.json")
         artifacts.write_json(run_dir / "metrics.json", mets)
     return res
@@ -330,7 +338,7 @@ def _evaluate_oof(wd: Workdir, run_dir: Path, out_dir: Path, info: dict[str, Any
     res = EvaluateResult(run=run_dir.name, run_dir=run_dir, out_dir=out_dir, scope="oof", task=info["task"],
                          classes=classes, n_patients=int(oof["patient_id"].n_unique()),
                          pooled=pooled_metrics(oof, classes), fold_mean=mean, fold_sd=sd,
-                         ci=_ci(oof, classes, cfg.bootstrap, cfg.seed), per_fold=per_fold,
+                         ci=oof_ci(oof, classes, cfg.bootstrap, cfg.seed), per_fold=per_fold,
                          bootstrap=cfg.bootstrap)
     if cfg.plots:
         first = oof.filter(pl.col("repeat") == oof["repeat"].min())
@@ -384,7 +392,7 @@ def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[
     res = EvaluateResult(run=run_dir.name, run_dir=run_dir, out_dir=out_dir,
                          scope=f"external:{out_dir.name}", task=info["task"], classes=classes,
                          n_patients=table.height, pooled=pooled, fold_mean=mean, fold_sd=sd,
-                         ci=_ci(table, classes, cfg.bootstrap, cfg.seed), per_fold=per_fold,
+                         ci=oof_ci(table, classes, cfg.bootstrap, cfg.seed), per_fold=per_fold,
                          bootstrap=cfg.bootstrap)
     stored = table.with_columns(pl.lit(0, pl.Int64).alias("repeat"), pl.lit(-1, pl.Int64).alias("fold"))
     stored = stored.select("patient_id", "repeat", "fold", *[c for c in table.columns if c != "patient_id"])

@@ -139,10 +139,12 @@ EVAL_METRIC_NAMES = (*METRIC_NAMES, "mcc", "balanced_accuracy", "brier")
 
 
 def eval_metrics(y: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5,
-                 pred: np.ndarray | None = None) -> dict[str, float]:
+                 pred: np.ndarray | None = None, calibrated: np.ndarray | None = None) -> dict[str, float]:
     """``compute`` plus MCC, balanced accuracy and the Brier score (multiclass: sklearn's 0..2 sum).
 
-    ``probs`` is (n, C) (binary: (n, 2) or the positive column alone).
+    ``probs`` is (n, C) (binary: (n, 2) or the positive column alone). ``calibrated`` (same shape):
+    the probabilities the Brier score describes (e.g. with a class-weighted loss undone); default
+    ``probs``.
     """
     from sklearn import metrics as skm
 
@@ -155,6 +157,9 @@ def eval_metrics(y: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5,
         pred = (pos >= threshold).astype(np.int64) if binary else probs.argmax(axis=1)
     out["mcc"] = _safe(lambda: skm.matthews_corrcoef(y, pred))
     out["balanced_accuracy"] = _safe(lambda: skm.balanced_accuracy_score(y, pred))
+    if calibrated is not None:
+        probs = np.asarray(calibrated, dtype=np.float64)
+        pos = probs.reshape(len(probs), -1)[:, -1]
     if binary:
         out["brier"] = _safe(lambda: skm.brier_score_loss(y, pos, pos_label=1))
     else:
@@ -164,7 +169,8 @@ def eval_metrics(y: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5,
 
 def bootstrap_ci(y: np.ndarray, probs: np.ndarray, *, pred: np.ndarray | None = None,
                  groups: Sequence[Any] | np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05, threshold: float = 0.5) -> dict[str, tuple[float, float]]:
+                 alpha: float = 0.05, threshold: float = 0.5,
+                 calibrated: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
     """Percentile ``1 - alpha`` CI of every ``eval_metrics`` value, resampling patients.
 
     ``groups`` (e.g. patient ids) keeps a patient's rows together (several repeats or slides);
@@ -190,7 +196,7 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, *, pred: np.ndarray | None = 
         b = min(256, int(n_boot) - start)
         picks = rng.integers(n_groups, size=(b, n_groups))
         w_groups = np.stack([np.bincount(p, minlength=n_groups) for p in picks]).astype(np.float64)
-        for k, v in weighted_metrics(y, probs, pred, w_groups[:, inverse]).items():
+        for k, v in weighted_metrics(y, probs, pred, w_groups[:, inverse], calibrated=calibrated).items():
             draws[k].append(v)
     for k, parts in draws.items():
         v = np.concatenate(parts)
@@ -219,7 +225,7 @@ def _ranking(score: np.ndarray, pos: np.ndarray, w: np.ndarray) -> tuple[np.ndar
 
 
 def weighted_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray,
-                     w: np.ndarray) -> dict[str, np.ndarray]:
+                     w: np.ndarray, *, calibrated: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``eval_metrics`` under B sets of integer row weights ``w`` (B, n) at once: row i counted
     ``w[b, i]`` times. Agrees with scikit-learn on the repeated rows (tested)."""
     y = np.asarray(y, dtype=np.int64)
@@ -238,7 +244,8 @@ def weighted_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray,
         den = np.sqrt((total**2 - (p * p).sum(1)) * (total**2 - (t * t).sum(1)))
         out = {"accuracy": tp.sum(1) / total, "mcc": np.where(den > 0, cov / np.where(den > 0, den, 1), 0.0),
                "balanced_accuracy": np.nanmean(np.where(t > 0, recall, np.nan), axis=1)}
-        sq = ((Y - probs) ** 2).sum(1) * (0.5 if C == 2 else 1.0)
+        cal = probs if calibrated is None else np.asarray(calibrated, dtype=np.float64).reshape(probs.shape)
+        sq = ((Y - cal) ** 2).sum(1) * (0.5 if C == 2 else 1.0)
         out["brier"] = w @ sq / total
     if C == 2:
         out["f1"] = f1_c[:, 1]

@@ -50,7 +50,10 @@ def test_oof_metrics_agree_with_sklearn(prepared, evaluated) -> None:
     y, p, pred = oof["target"].to_numpy(), oof["prob"].to_numpy(), oof["pred"].to_numpy()
     ref = {"f1": skm.f1_score(y, pred), "pr_auc": skm.average_precision_score(y, p),
            "roc_auc": skm.roc_auc_score(y, p), "mcc": skm.matthews_corrcoef(y, pred),
-           "balanced_accuracy": skm.balanced_accuracy_score(y, pred), "brier": skm.brier_score_loss(y, p)}
+           "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+           # Brier describes the probabilities with --pos-weight auto undone (cal_prob), as metrics.json says
+           "brier": skm.brier_score_loss(y, oof["cal_prob"].to_numpy())}
+    assert evaluated.calibration["method"] == "prior-correction"
     for k, v in ref.items():
         assert evaluated.pooled[k] == pytest.approx(v), k
         lo, hi = evaluated.ci[k]
@@ -155,6 +158,32 @@ def test_external_cohort_end_to_end(prepared, tmp_path: Path) -> None:
                        atol=1e-4)
     assert res.montages == 0 and any("patches.zarr" in n for n in res.notes)  # no patch store: skipped
     assert artifacts.read_json(res.out_dir / "metrics.json")["n_patients"] == 20
+    # by hand: each saved fold model with its own training-fold recipe, probabilities averaged
+    import torch
+
+    from brcatool.cohort import load_cohort
+    from brcatool.expression import Recipe
+    from brcatool.training import fold_model_paths, load_fold_model
+
+    cohort = load_cohort(other.workdir)
+    feats = torch.from_numpy(cohort.features[:, 0].astype(np.float32))
+    mask, has_e, has_i = (torch.from_numpy(a) for a in (cohort.mask, cohort.has_expr, cohort.has_img))
+
+    def ensemble(refit: bool) -> np.ndarray:
+        out = []
+        for path in fold_model_paths(prepared.workdir.run_dir("xattn")):
+            fm = load_fold_model(path)
+            recipe = Recipe.from_dict(fm.recipe.to_dict())
+            if refit:  # what a leaky external evaluation would do
+                recipe = Recipe.from_settings(cohort.recipe_settings).fit(cohort.expression, cohort.genes)
+            expr = torch.from_numpy(recipe.transform(cohort.expression, genes=cohort.genes).astype(np.float32))
+            with torch.no_grad():
+                out.append(torch.sigmoid(fm.model(expr, feats, mask, has_e, has_i)["logits"][:, 0]).numpy())
+        return np.mean(out, axis=0)
+
+    got = preds.sort("patient_id")["prob"].to_numpy()
+    assert np.allclose(got, ensemble(refit=False), atol=1e-5)
+    assert not np.allclose(got, ensemble(refit=True), atol=1e-3)
 
 
 def test_external_with_other_classes_refuses(prepared, tmp_path: Path) -> None:

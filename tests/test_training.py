@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from brcatool import artifacts
+from brcatool import artifacts, config
 from brcatool.cli.app import app
 from brcatool.cohort import load_cohort, load_splits
 from brcatool.errors import ArtifactError, InputError
@@ -72,7 +72,7 @@ def test_run_outputs_follow_the_contract(signal, trained) -> None:
                  "fold_0/model.pt", "fold_2/model.pt"):
         assert (run / name).exists(), name
     oof = artifacts.read_parquet(run / "oof.parquet", schema="oof")
-    assert oof.columns == ["patient_id", "repeat", "fold", "target", "prob", "pred"]
+    assert oof.columns == ["patient_id", "repeat", "fold", "target", "prob", "pred", "cal_prob"]
     assert sorted(oof["patient_id"].to_list()) == signal.patient_ids  # each patient exactly once
     splits = load_splits(signal.workdir.splits)
     fold_of = dict(zip(splits.patient_ids, splits.fold[0], strict=True))
@@ -83,6 +83,25 @@ def test_run_outputs_follow_the_contract(signal, trained) -> None:
     assert {"fold", "epoch", "train_loss", "val_loss", "val_metric"} <= set(epochs.columns)
     mets = artifacts.read_json(run / "metrics.json")
     assert len(mets["per_fold"]) == 3 and set(mets["pooled"]) == {"f1", "pr_auc", "roc_auc", "accuracy"}
+
+
+def test_calibration_undoes_the_class_weighting(signal, trained) -> None:
+    """--pos-weight auto trains on odds x w: cal_prob = sigmoid(logit - log w), w = the training
+    fold's neg/pos ratio; metrics.json says which probabilities Brier describes."""
+    oof = artifacts.read_parquet(trained.run_dir / "oof.parquet", schema="oof")
+    cohort = load_cohort(signal.workdir, images=False)
+    splits = load_splits(signal.workdir.splits)
+    for k in range(3):
+        fm = load_fold_model(trained.run_dir / f"fold_{k}" / "model.pt")
+        tr, _ = splits.indices(0, k)
+        part = oof.filter(pl.col("fold") == k)
+        p, c = part["prob"].to_numpy(), part["cal_prob"].to_numpy()
+        w = np.exp(fm.class_log_weight[1])
+        assert 1.0 < w < (cohort.targets[tr] == 0).sum() / (cohort.targets[tr] == 1).sum() * 1.5
+        logit = np.log(p / (1 - p))
+        assert np.allclose(c, 1 / (1 + np.exp(-(logit - np.log(w)))), atol=1e-6)
+    mets = artifacts.read_json(trained.run_dir / "metrics.json")
+    assert mets["calibration"]["method"] == "prior-correction"
 
 
 def test_recipe_is_fitted_on_the_training_fold_only(signal, trained) -> None:
@@ -183,3 +202,27 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
     written = wd.run_dir("cli") / "config.yaml"
     res = runner.invoke(app, ["train", "-w", str(wd.root), "--config", str(written)])
     assert res.exit_code == 0 and "already exists" in res.output, res.output
+
+
+def test_paper_preset_and_site_split_from_the_cli(tmp_path: Path) -> None:
+    """--paper sets the study's protocol except what is given explicitly; --split site trains on
+    splits-site.json (no site on both sides) and says so in metrics.json."""
+    from brcatool.splits import load_splits as load_any, splits_path
+
+    wd = make_prepared_workdir(tmp_path / "w", patients=60, patches=40, dim=8, genes=12, seed=8).workdir
+    res = CliRunner().invoke(app, ["train", "-w", str(wd.root), "--paper", "--folds", "3", "--fusion", "image",
+                                   "--epochs", "2", "--hidden", "8", "--split", "site", "--name", "p"])
+    assert res.exit_code == 0, res.output
+    cfg = config.load_yaml(wd.run_dir("p") / "config.yaml")
+    assert (cfg["optimizer"], cfg["weight_decay"], cfg["pos_weight"], cfg["aggregator"], cfg["bag_size"],
+            cfg["folds"]) == ("adam", 0.0, "none", "mean", 35, 3)
+    assert artifacts.read_json(wd.run_dir("p") / "metrics.json")["split"] == "site"
+    splits = load_any(splits_path(wd, "site"))
+    oof = artifacts.read_parquet(wd.run_dir("p") / "oof.parquet", schema="oof")
+    site_of = dict(zip(splits.patient_ids, splits.sites, strict=True))
+    for k in range(3):
+        val = set(oof.filter(pl.col("fold") == k)["patient_id"].to_list())
+        train = set(splits.patient_ids) - val
+        assert not {site_of[p] for p in val} & {site_of[p] for p in train}
+    fm = load_fold_model(wd.run_dir("p") / "fold_0" / "model.pt")
+    assert fm.bag_size == 35 and not any(fm.class_log_weight)

@@ -17,6 +17,17 @@ from brcatool.cli.common import (
     fmt_metric,
     report_errors,
 )
+from brcatool.cli.training_opts import (
+    BagSizeOpt,
+    KeepAllSamplesOpt,
+    OptimizerOpt,
+    PaperOpt,
+    PosWeightOpt,
+    SiteColumnOpt,
+    SlideTypesOpt,
+    SplitOpt,
+    apply_paper,
+)
 
 _TRAIN = "Training (every model)"
 
@@ -28,6 +39,7 @@ def _names(value: str) -> list[str]:
 
 @report_errors
 def ablate(
+    ctx: typer.Context,
     fusions: Annotated[str, typer.Option(
         "--fusions", help="Comma-separated fusions to compare.")] = "gene,image,concat,late,xattn",
     aggregators: Annotated[str, typer.Option(
@@ -64,6 +76,14 @@ def ablate(
                                            rich_help_panel=_TRAIN)] = "0.5",
     encoder: Annotated[str | None, typer.Option("--encoder", help="Features of this encoder.",
                                                 show_default="the only one present")] = None,
+    pos_weight: PosWeightOpt = "auto",
+    optimizer: OptimizerOpt = "adamw",
+    bag_size: BagSizeOpt = 0,
+    split: SplitOpt = "patient",
+    site_column: SiteColumnOpt = None,
+    slide_types: SlideTypesOpt = "DX,TS,BS",
+    keep_all_samples: KeepAllSamplesOpt = False,
+    paper: PaperOpt = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
     workdir: WorkdirOpt = default_workdir(),
     config: ConfigOpt = None,
@@ -78,7 +98,10 @@ def ablate(
         fusions=_names(fusions), aggregators=_names(aggregators), sanity=sanity, sanity_fusion=sanity_fusion,
         name=name, encoder=encoder, folds=folds, repeats=repeats, epochs=epochs, lr=lr, batch_size=batch_size,
         patience=patience, hidden=hidden, dropout=dropout, heads=heads, missing=missing, threshold=threshold,
-        bootstrap=bootstrap, run_plots=run_plots, device=device, seed=seed, overwrite=overwrite)
+        bootstrap=bootstrap, run_plots=run_plots, device=device, seed=seed, overwrite=overwrite,
+        pos_weight=pos_weight, optimizer=optimizer, bag_size=bag_size, split=split, site_column=site_column,
+        slide_types=slide_types, keep_all_samples=keep_all_samples)
+    apply_paper(cfg, ctx, paper)
     result = run_ablate(workdir, cfg, progress=not quiet)
     if not quiet:
         print_summary(result)

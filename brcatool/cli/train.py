@@ -17,6 +17,17 @@ from brcatool.cli.common import (
     fmt_metric,
     report_errors,
 )
+from brcatool.cli.training_opts import (
+    BagSizeOpt,
+    KeepAllSamplesOpt,
+    OptimizerOpt,
+    PaperOpt,
+    PosWeightOpt,
+    SiteColumnOpt,
+    SlideTypesOpt,
+    SplitOpt,
+    apply_paper,
+)
 
 _MODEL = "Model"
 _OPT = "Optimisation"
@@ -25,6 +36,7 @@ _CV = "Cross-validation"
 
 @report_errors
 def train(
+    ctx: typer.Context,
     fusion: Annotated[str, typer.Option(
         "--fusion", help="gene | image | concat | late | xattn.", rich_help_panel=_MODEL)] = "xattn",
     aggregator: Annotated[str, typer.Option(
@@ -61,9 +73,6 @@ def train(
         rich_help_panel=_OPT)] = 6,
     patch_dropout: Annotated[float, typer.Option(
         "--patch-dropout", help="Fraction of patches hidden per training step.", rich_help_panel=_OPT)] = 0.0,
-    pos_weight: Annotated[str, typer.Option(
-        "--pos-weight", help="Class weighting: auto (neg/pos, balanced for multiclass), none or a number.",
-        rich_help_panel=_OPT)] = "auto",
     threshold: Annotated[str, typer.Option(
         "--threshold", help="Binary decision threshold: a number, or 'tuned' (best F1 on inner validation).",
         rich_help_panel=_OPT)] = "0.5",
@@ -74,6 +83,14 @@ def train(
     val_frac: Annotated[float, typer.Option(
         "--val-frac", help="Share of each training fold held out for early stopping and threshold tuning.",
         rich_help_panel=_CV)] = 0.2,
+    pos_weight: PosWeightOpt = "auto",
+    optimizer: OptimizerOpt = "adamw",
+    bag_size: BagSizeOpt = 0,
+    split: SplitOpt = "patient",
+    site_column: SiteColumnOpt = None,
+    slide_types: SlideTypesOpt = "DX,TS,BS",
+    keep_all_samples: KeepAllSamplesOpt = False,
+    paper: PaperOpt = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
     name: Annotated[str | None, typer.Option(
         "--name", help="Run name (folder under runs/).", show_default="<fusion>-<aggregator>-<time>")] = None,
@@ -92,9 +109,10 @@ def train(
         dropout=dropout, heads=heads, gene_tokens=gene_tokens, xattn_dir=xattn_dir,
         patch_dropout=patch_dropout, pos_weight=pos_weight, missing=missing,
         modality_dropout=modality_dropout, threshold=threshold, val_frac=val_frac, device=device, name=name,
-        seed=seed,
-        overwrite=overwrite,
+        seed=seed, overwrite=overwrite, optimizer=optimizer, bag_size=bag_size, split=split,
+        site_column=site_column, slide_types=slide_types, keep_all_samples=keep_all_samples,
     )
+    apply_paper(cfg, ctx, paper)
     result = run_train(workdir, cfg, progress=not quiet)
     if quiet:
         return
@@ -114,3 +132,7 @@ def train(
                       *(fmt_metric(m[k]) for k in ("f1", "pr_auc", "roc_auc", "accuracy")), "", style="bold")
         console.print(table)
     console.print(result.summary(), soft_wrap=True)
+    if result.left_out:
+        gone = ", ".join(f"{n} {why}" for why, n in sorted(result.left_out.items()))
+        console.print(f"slides left out of the bags: {gone} (see --slide-types, --keep-all-samples)",
+                      soft_wrap=True)

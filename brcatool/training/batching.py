@@ -28,10 +28,11 @@ class Batcher:
     """Tensors of one cohort (features stay float16 in memory; a batch is cast on the way)."""
 
     def __init__(self, cohort: Cohort, expr: np.ndarray | None, *, gene: bool, image: bool,
-                 device: Any) -> None:
+                 device: Any, bag_size: int = 0) -> None:
         import torch
 
         self.device = device
+        self.bag_size = int(bag_size)  # > 0: at most this many patches per patient
         self.amp = device.type == "cuda"  # bf16 autocast; train_fold also turns it on for big CPU work
         self.gene, self.image = gene, image
         self.has_expr = torch.from_numpy(cohort.has_expr)
@@ -61,6 +62,8 @@ class Batcher:
             n = max(int(mask.sum(1).max()), 1)  # patches are left-aligned: trim the padding
             mask = mask[:, :n].clone()
             b = len(idx)
+            if self.bag_size and n > self.bag_size:
+                mask = self._bag(mask, generator)
             if generator is not None and self.views > 1:
                 view = torch.randint(self.views, (b, n), generator=generator)
             else:
@@ -85,6 +88,21 @@ class Batcher:
         out["has_expr"] = has_expr.to(dev, non_blocking=nb)
         out["has_img"] = has_img.to(dev, non_blocking=nb)
         return out
+
+
+    def _bag(self, mask: Any, generator: Any) -> Any:
+        """Keep ``bag_size`` valid patches per patient: a random draw per step when training (with a
+        generator), else the first ones (the tile stage's patch order is already a random sample)."""
+        import torch
+
+        if generator is None:
+            rank = torch.cumsum(mask.long(), dim=1)
+        else:
+            noise = torch.rand(mask.shape, generator=generator)
+            order = torch.argsort(torch.where(mask, noise, torch.full_like(noise, 2.0)), dim=1)
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, torch.arange(1, mask.shape[1] + 1).expand_as(order).contiguous())
+        return mask & (rank <= self.bag_size)
 
 
 def _forward(model: Any, b: dict[str, Any], device: Any, amp: bool) -> dict[str, Any]:
@@ -151,9 +169,31 @@ def eligible(cohort: Cohort, fusion: str, missing: str) -> np.ndarray:
 
 
 
+def correct_probs(probs: np.ndarray, class_log_weight: Any) -> np.ndarray:
+    """Undo a class-weighted loss: a model trained with weight w_c outputs q_c ∝ w_c p_c, so
+    p_c ∝ q_c / w_c (binary: logit - log pos_weight). Zero log weights return ``probs`` as is."""
+    lw = np.asarray(class_log_weight, dtype=np.float64)
+    if not lw.any():
+        return probs
+    p = probs * np.exp(-lw)[None, :]
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def oof_probs(oof: Any, classes: list[str]) -> np.ndarray:
     """(n, C) probabilities from an oof table (binary: [1 - prob, prob])."""
     if len(classes) == 2:
         p = oof["prob"].to_numpy()
         return np.stack([1 - p, p], axis=1)
     return oof.select([f"prob_{c}" for c in classes]).to_numpy()
+
+
+def calibration_probs(oof: Any, classes: list[str]) -> np.ndarray:
+    """The probabilities calibration and the Brier score describe: ``cal_prob``/``cal_prob_<class>``
+    (the loss's class weighting undone) where the table has them, else ``oof_probs``."""
+    if len(classes) == 2:
+        if "cal_prob" not in oof.columns:
+            return oof_probs(oof, classes)
+        p = oof["cal_prob"].to_numpy()
+        return np.stack([1 - p, p], axis=1)
+    cols = [f"cal_prob_{c}" for c in classes]
+    return oof.select(cols).to_numpy() if all(c in oof.columns for c in cols) else oof_probs(oof, classes)

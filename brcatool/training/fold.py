@@ -18,7 +18,16 @@ from brcatool import config
 from brcatool import metrics as M
 from brcatool.cohort import Cohort
 from brcatool.errors import InputError
-from brcatool.training.batching import Batcher, _cpu_bf16, _device, _forward, _probs, _run, infer
+from brcatool.training.batching import (
+    Batcher,
+    _cpu_bf16,
+    _device,
+    _forward,
+    _probs,
+    _run,
+    correct_probs,
+    infer,
+)
 from brcatool.training.settings import TrainConfig
 
 
@@ -34,26 +43,40 @@ def _inner_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int) -> tupl
     return idx[np.sort(tr)], idx[np.sort(va)]
 
 
-def _criterion(cfg: TrainConfig, y_train: np.ndarray, n_classes: int, device: Any) -> Any:
-    import torch
-    from torch import nn
-
+def class_weights(cfg: TrainConfig, y_train: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """The loss weight of each class (binary: [1, pos_weight]); None without weighting."""
     pw = cfg.pos_weight_value()
     counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
     if n_classes == 2:
         if pw == "auto":
             pw = counts[0] / max(counts[1], 1.0)
-        weight = None if pw is None else torch.tensor([float(pw)], device=device)
-        loss = nn.BCEWithLogitsLoss(pos_weight=weight)
-        return lambda logits, y: loss(logits[:, 0].float(), y.float())
-    weight = None
+        return None if pw is None else np.array([1.0, float(pw)])
     if pw == "auto":
-        weight = torch.tensor(counts.sum() / (n_classes * np.maximum(counts, 1.0)), dtype=torch.float32,
-                              device=device)
-    elif pw is not None:
+        return counts.sum() / (n_classes * np.maximum(counts, 1.0))
+    if pw is not None:
         raise InputError("--pos-weight NUMBER applies to binary tasks only", fix="use auto or none")
-    loss = nn.CrossEntropyLoss(weight=weight)
+    return None
+
+
+def _criterion(weights: np.ndarray | None, n_classes: int, device: Any) -> Any:
+    import torch
+    from torch import nn
+
+    if n_classes == 2:
+        pw = None if weights is None else torch.tensor([float(weights[1])], device=device)
+        loss = nn.BCEWithLogitsLoss(pos_weight=pw)
+        return lambda logits, y: loss(logits[:, 0].float(), y.float())
+    w = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+    loss = nn.CrossEntropyLoss(weight=w)
     return lambda logits, y: loss(logits.float(), y)
+
+
+def _check_finite(value: float, what: str, cfg: TrainConfig, repeat: int, fold: int) -> None:
+    """A non-finite loss or prediction fails the fold with one line (never a NaN in the metrics)."""
+    if not math.isfinite(value):
+        where = f"fold {fold}" + (f" (repeat {repeat})" if repeat else "")
+        raise InputError(f"run {cfg.name or cfg.fusion!r}: {what} is not finite in {where}",
+                         fix="lower --lr, check the features and expression for NaN/inf, or try --device cpu")
 
 
 @dataclass
@@ -66,6 +89,7 @@ class FoldOutput:
     best_epoch: int
     epochs: list[dict[str, Any]]
     checkpoint: dict[str, Any]
+    cal_probs: np.ndarray | None = None  # probs with the loss's class weighting undone
 
 
 def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: TrainConfig, *,
@@ -102,9 +126,11 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
                        heads=cfg.heads, gene_tokens=cfg.gene_tokens, xattn_dir=cfg.xattn_dir,
                        missing_tokens=cfg.missing == "mask")
     model = build_model(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    crit = _criterion(cfg, cohort.targets[inner_tr], C, device)
-    batcher = Batcher(cohort, expr, gene=gene, image=image, device=device)
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = class_weights(cfg, cohort.targets[inner_tr], C)
+    crit = _criterion(weights, C, device)
+    batcher = Batcher(cohort, expr, gene=gene, image=image, device=device, bag_size=cfg.bag_size)
     if device.type == "cpu" and image and is_big(cohort, cfg) and _cpu_bf16():
         batcher.amp = True  # ~1.5x faster steps where the patch projection dominates
     y_all = torch.from_numpy(cohort.targets)
@@ -125,9 +151,11 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(chunk)
+        _check_finite(total, f"the training loss (epoch {epoch})", cfg, repeat, fold)
         val_logits, _ = _run(model, batcher, inner_va, 64)
         with torch.no_grad():
             val_loss = float(crit(val_logits.to(device), y_all[inner_va].to(device)))
+        _check_finite(val_loss, f"the validation loss (epoch {epoch})", cfg, repeat, fold)
         vp = _probs(val_logits, C).numpy()
         val_metric = M.roc_auc(cohort.targets[inner_va], vp)
         log.append({"repeat": repeat, "fold": fold, "epoch": epoch, "train_loss": total / len(order),
@@ -149,6 +177,8 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
         vp, _ = infer(model, batcher, inner_va, C)
         threshold = M.best_f1_threshold(cohort.targets[inner_va], vp[:, 1]) if C == 2 else 0.5
     probs, _ = infer(model, batcher, val_idx, C)
+    _check_finite(float(probs.sum()), "a predicted probability", cfg, repeat, fold)
+    log_w = np.zeros(C) if weights is None else np.log(weights)
     ckpt = {
         "format": "brcatool-fold-model", "version": 1,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -157,10 +187,12 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
         "task": cohort.task, "threshold": float(threshold), "encoder": dict(cohort.encoder) if image else {},
         "missing": cfg.missing, "train_config": config.to_dict(cfg), "repeat": repeat, "fold": fold,
         "best_epoch": best_epoch, "n_train": int(len(inner_tr)), "n_inner_val": int(len(inner_va)),
-        "bf16": bool(batcher.amp),
+        "bf16": bool(batcher.amp), "bag_size": int(cfg.bag_size),
+        "class_log_weight": [float(v) for v in log_w],  # undone by correct_probs (calibration)
     }
     return FoldOutput(repeat=repeat, fold=fold, val_idx=val_idx, probs=probs, threshold=float(threshold),
-                      best_epoch=best_epoch, epochs=log, checkpoint=ckpt)
+                      best_epoch=best_epoch, epochs=log, checkpoint=ckpt,
+                      cal_probs=correct_probs(probs, log_w))
 
 
 

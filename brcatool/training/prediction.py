@@ -16,7 +16,7 @@ from brcatool import artifacts
 from brcatool.artifacts import Workdir
 from brcatool.cohort import Cohort, load_cohort
 from brcatool.errors import ArtifactError, InputError
-from brcatool.training.batching import Batcher, _cpu_bf16, eligible, infer
+from brcatool.training.batching import Batcher, _cpu_bf16, correct_probs, eligible, infer
 
 
 @dataclass
@@ -36,6 +36,9 @@ class FoldModel:
     fold: int
     path: Path
     bf16: bool = False
+    bag_size: int = 0
+    class_log_weight: list[float] | None = None  # the loss's class weighting (undone for calibration)
+    slide_filter: dict[str, Any] | None = None  # the slide selection the model was trained with
 
     @property
     def uses_gene(self) -> bool:
@@ -73,7 +76,8 @@ class FoldModel:
             if cohort.has_expr.any():
                 expr[cohort.has_expr] = self.recipe.transform(cohort.expression[cohort.has_expr],
                                                               genes=cohort.genes)
-        batcher = Batcher(cohort, expr, gene=self.uses_gene, image=self.uses_image, device=dev)
+        batcher = Batcher(cohort, expr, gene=self.uses_gene, image=self.uses_image, device=dev,
+                          bag_size=self.bag_size)
         batcher.amp = dev.type == "cuda" or (self.bf16 and _cpu_bf16())  # as in training
         probs, att = infer(self.model, batcher, idx, len(self.classes), batch_size=batch_size)
         return idx, probs, att
@@ -102,7 +106,16 @@ def load_fold_model(path: str | Path, *, device: str = "cpu") -> FoldModel:
                      recipe=Recipe.from_dict(ck["recipe"]) if ck.get("recipe") else None,
                      genes_in=ck["genes_in"], classes=ck["classes"], task=ck["task"],
                      threshold=float(ck["threshold"]), encoder=ck["encoder"], missing=ck["missing"],
-                     repeat=int(ck["repeat"]), fold=int(ck["fold"]), path=path, bf16=bool(ck.get("bf16")))
+                     repeat=int(ck["repeat"]), fold=int(ck["fold"]), path=path, bf16=bool(ck.get("bf16")),
+                     bag_size=int(ck.get("bag_size", 0)), class_log_weight=ck.get("class_log_weight"),
+                     slide_filter=_slide_filter(ck.get("train_config") or {}))
+
+
+def _slide_filter(train_config: dict[str, Any]) -> dict[str, Any]:
+    """``load_cohort``'s slide selection as the fold model was trained (older models: the default)."""
+    types = str(train_config.get("slide_types", "DX,TS,BS"))
+    return {"slide_types": [t.strip().upper() for t in types.split(",") if t.strip()],
+            "keep_all_samples": bool(train_config.get("keep_all_samples", False))}
 
 
 def fold_model_paths(run_dir: str | Path) -> list[Path]:
@@ -115,7 +128,8 @@ def fold_model_paths(run_dir: str | Path) -> list[Path]:
 
 @dataclass
 class Predictions:
-    """Per-patient predictions (``table``: patient_id, target, prob | prob_<class>, pred, n_models)
+    """Per-patient predictions (``table``: patient_id, target, prob | prob_<class>, pred,
+    cal_prob | cal_prob_<class> (class weighting undone), n_models)
     and per-patch attention (``attention``: patient_id, slide_id, patch_index, weight; or None)."""
 
     table: Any
@@ -143,7 +157,7 @@ def predict(run_dir: str | Path, workdir: str | Path | Workdir | None = None, *,
     wd = Workdir(run_dir.parent.parent) if workdir is None else (
         workdir if isinstance(workdir, Workdir) else Workdir(workdir))
     cohort = load_cohort(wd, encoder=m0.encoder.get("encoder") if m0.uses_image else None,
-                         images=m0.uses_image, expression=m0.uses_gene)
+                         images=m0.uses_image, expression=m0.uses_gene, **(m0.slide_filter or {}))
     C, P = len(m0.classes), cohort.n
     held: dict[tuple[int, int], np.ndarray] = {}
     if mode == "oof":
@@ -152,12 +166,13 @@ def predict(run_dir: str | Path, workdir: str | Path | Workdir | None = None, *,
         for (r, k), part in oof.group_by(["repeat", "fold"]):
             held[(int(r), int(k))] = np.array([pos[p] for p in part["patient_id"].to_list() if p in pos],
                                               dtype=np.int64)
-    psum, tsum, count = np.zeros((P, C)), np.zeros(P), np.zeros(P)
+    psum, csum, tsum, count = np.zeros((P, C)), np.zeros((P, C)), np.zeros(P), np.zeros(P)
     asum = np.zeros(cohort.mask.shape) if attention and m0.uses_image else None
     for fm in models:
         idx = held.get((fm.repeat, fm.fold), np.zeros(0, dtype=np.int64)) if mode == "oof" else None
         idx, probs, att = fm.predict(cohort, idx, device=device)
         psum[idx] += probs
+        csum[idx] += correct_probs(probs, fm.class_log_weight or np.zeros(C))
         tsum[idx] += fm.threshold
         count[idx] += 1
         if asum is not None and att is not None:
@@ -173,6 +188,12 @@ def predict(run_dir: str | Path, workdir: str | Path | Workdir | None = None, *,
         for c, name in enumerate(m0.classes):
             cols[f"prob_{name}"] = probs[:, c]
         cols["pred"] = probs.argmax(1).astype(np.int64)
+    cal = csum[have] / count[have, None]
+    if C == 2:
+        cols["cal_prob"] = cal[:, 1]
+    else:
+        for c, name in enumerate(m0.classes):
+            cols[f"cal_prob_{name}"] = cal[:, c]
     cols["n_models"] = count[have].astype(np.int64)
     att_table = None
     if asum is not None:

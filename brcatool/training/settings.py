@@ -11,6 +11,13 @@ from brcatool import config
 from brcatool.errors import InputError
 
 MISSING_MODES = ("drop", "mask")
+OPTIMIZERS = ("adamw", "adam")
+SPLITS = ("patient", "site")
+SLIDE_TYPES = ("DX", "TS", "BS")
+# ``--paper``: the study's protocol in one flag (Adam without weight decay, no class weighting,
+# mean pooling, 35 patches per patient, 5 folds); any option given explicitly still wins
+PAPER = {"optimizer": "adam", "weight_decay": 0.0, "pos_weight": "none", "aggregator": "mean",
+         "aggregators": ["mean"], "bag_size": 35, "folds": 5}
 
 
 @dataclass
@@ -30,6 +37,13 @@ class TrainSettings:
     heads: int = 4
     missing: str = "drop"
     threshold: str = "0.5"
+    pos_weight: str = "auto"
+    optimizer: str = "adamw"
+    bag_size: int = 0  # > 0: at most this many patches per patient (a random draw per training step)
+    split: str = "patient"  # or "site": no tissue-source site in both training and validation
+    site_column: str | None = None  # --split site on a non-TCGA cohort: a column of the clinical table
+    slide_types: str = "DX,TS,BS"
+    keep_all_samples: bool = False  # else only primary-tumour (01) slides join a patient's bag
     device: str = "auto"
     seed: int = 0
     overwrite: bool = False
@@ -37,6 +51,36 @@ class TrainSettings:
     def shared(self) -> dict[str, Any]:
         """These settings alone, to build a TrainConfig from any subclass."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainSettings)}
+
+    def slide_filter(self) -> dict[str, Any]:
+        """``load_cohort``'s slide selection from these settings."""
+        return {"slide_types": self.slide_type_list(), "keep_all_samples": self.keep_all_samples}
+
+    def slide_type_list(self) -> list[str]:
+        types = [t.strip().upper() for t in str(self.slide_types).split(",") if t.strip()]
+        bad = [t for t in types if t not in SLIDE_TYPES]
+        if not types or bad:
+            raise InputError(f"--slide-types {self.slide_types!r}: unknown {', '.join(bad) or 'empty list'}",
+                             fix=f"a comma-separated subset of {','.join(SLIDE_TYPES)}")
+        return types
+
+    def check_shared(self) -> None:
+        """The checks of the shared settings (``train`` and ``ablate`` alike)."""
+        checks = [
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be adamw or adam, got {self.optimizer!r}"),
+            (self.split in SPLITS, f"--split must be patient or site, got {self.split!r}"),
+            (self.bag_size >= 0, "--bag-size must be >= 0 (0 = every patch)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        self.slide_type_list()
+
+    def apply_paper(self, explicit: set[str] = frozenset()) -> None:
+        """Set the ``--paper`` protocol on every field not in ``explicit`` (given by the user)."""
+        for k, v in PAPER.items():
+            if hasattr(self, k) and k not in explicit:
+                setattr(self, k, list(v) if isinstance(v, list) else v)
 
 
 @dataclass
@@ -48,7 +92,6 @@ class TrainConfig(TrainSettings):
     gene_tokens: int = 4
     xattn_dir: str = "gene2img"
     patch_dropout: float = 0.0
-    pos_weight: str = "auto"
     modality_dropout: float = 0.0
     val_frac: float = 0.2
     name: str | None = None
@@ -58,6 +101,7 @@ class TrainConfig(TrainSettings):
 
         FUSIONS.get(self.fusion)
         AGGREGATORS.get(self.aggregator)
+        self.check_shared()
         checks = [
             (self.missing in MISSING_MODES, f"--missing must be drop or mask, got {self.missing!r}"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.patience >= 1,

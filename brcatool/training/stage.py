@@ -15,8 +15,9 @@ import numpy as np
 from brcatool import artifacts, config, outputs
 from brcatool import metrics as M
 from brcatool.artifacts import Manifest, Workdir
-from brcatool.cohort import Cohort, Splits, check_folds, get_splits, load_cohort, save_splits
+from brcatool.cohort import Cohort, load_cohort
 from brcatool.errors import ArtifactError
+from brcatool.splits import Splits, check_folds, get_splits, save_splits, splits_path
 from brcatool.training.batching import _device, eligible, oof_probs
 from brcatool.training.fold import FoldOutput, is_big, train_fold
 from brcatool.training.settings import TrainConfig
@@ -36,6 +37,7 @@ class TrainResult:
     splits_created: bool = False
     skipped: bool = False
     seconds: float = 0.0
+    left_out: dict[str, int] = field(default_factory=dict)  # slides kept out of the bags, by reason
 
     def summary(self) -> str:
         m = self.metrics
@@ -63,13 +65,17 @@ def _oof_table(cohort: Cohort, outs: list[FoldOutput]) -> Any:
             "fold": np.full(len(o.val_idx), o.fold, dtype=np.int64),
             "target": cohort.targets[o.val_idx],
         }
+        cal = o.probs if o.cal_probs is None else o.cal_probs
         if len(cohort.classes) == 2:
             cols["prob"] = o.probs[:, 1]
             cols["pred"] = (o.probs[:, 1] >= o.threshold).astype(np.int64)
+            cols["cal_prob"] = cal[:, 1]
         else:
             for c, name in enumerate(cohort.classes):
                 cols[f"prob_{name}"] = o.probs[:, c]
             cols["pred"] = o.probs.argmax(1).astype(np.int64)
+            for c, name in enumerate(cohort.classes):
+                cols[f"cal_prob_{name}"] = cal[:, c]
         frames.append(pl.DataFrame(cols))
     return pl.concat(frames).sort("repeat", "patient_id")
 
@@ -91,6 +97,14 @@ def _metrics(oof: Any, outs: list[FoldOutput], classes: list[str]) -> dict[str, 
           for k in M.METRIC_NAMES}
     return {"classes": classes, "per_fold": per_fold, "fold_mean": mean, "fold_sd": sd,
             "pooled": pooled, "pooled_per_repeat": pooled_by_repeat}
+
+
+def calibration_note(cfg: TrainConfig) -> dict[str, str]:
+    """What ``cal_prob*`` holds (metrics.json ``calibration``): Brier and calibration use it."""
+    if cfg.pos_weight_value() is None:
+        return {"probabilities": "model output (no class weighting in the loss)", "method": "none"}
+    return {"probabilities": f"model output with the --pos-weight {cfg.pos_weight} class weighting undone "
+            "(p_c proportional to q_c / w_c; binary: logit - log pos_weight)", "method": "prior-correction"}
 
 
 def _default_name(cfg: TrainConfig, wd: Workdir) -> str:
@@ -202,7 +216,7 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
 
     if cohort is None:
         cohort = load_cohort(wd, encoder=cfg.encoder, images=kind.uses_image,
-                             expression=kind.uses_gene, progress=progress)
+                             expression=kind.uses_gene, progress=progress, **cfg.slide_filter())
     else:  # e.g. ablate's one cohort with both modalities: keep what this fusion uses
         cohort = cohort.restrict(gene=kind.uses_gene, image=kind.uses_image)
     created = False
@@ -211,7 +225,7 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
         check_folds(cohort, cfg.folds, ok, why=f" with the modalities {cfg.fusion!r} needs")
         # a new split is saved only once this run succeeded: a failed first run leaves none behind
         splits, created = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
-                                     save=False)
+                                     save=False, by=cfg.split, site_column=cfg.site_column)
     elif splits.patient_ids != cohort.patient_ids:
         raise ArtifactError("the split and the cohort list different patients", path=splits.path)
     if ok.sum() < 2 * splits.folds:
@@ -228,14 +242,15 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
         torch.set_num_threads(threads)
 
     if created:
-        save_splits(splits, wd.splits)
+        save_splits(splits, splits_path(wd, cfg.split))
     oof = _oof_table(cohort, outs)
     mets = {"task": cohort.task, "fusion": cfg.fusion, "aggregator": cfg.aggregator,
-            **_metrics(oof, outs, list(cohort.classes))}
+            **_metrics(oof, outs, list(cohort.classes)), "calibration": calibration_note(cfg),
+            "split": splits.by, "slides_left_out": dict(cohort.left_out)}
     epochs = pl.DataFrame([row for o in outs for row in o.epochs])
     split_ref = {"path": str(splits.path) if splits.path else None, "sha256": splits.sha256(),
                  "cohort_hash": splits.cohort_hash, "folds": splits.folds, "repeats": splits.repeats,
-                 "seed": splits.seed}
+                 "seed": splits.seed, "by": splits.by}
     manifest = Manifest("train", params)
     for path in (wd.labels_table, wd.expression_table if kind.uses_gene else None,
                  wd.recipe_settings if kind.uses_gene else None, splits.path):
@@ -264,11 +279,12 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
                                                       "oof_rows": oof.height},
                        name=name, splits=split_ref, encoder=cohort.encoder if kind.uses_image else {},
                        device=str(device), seconds=round(seconds, 2), consumed=used,
+                       slides_left_out=dict(cohort.left_out),
                        fingerprint=outputs.output_fingerprint(name, files=[tmp / "oof.parquet"]))
     return TrainResult(name=name, run_dir=run_dir, task=cohort.task, classes=list(cohort.classes),
                        n_patients=int(oof["patient_id"].n_unique()), folds=splits.folds,
                        repeats=splits.repeats, metrics=mets["pooled"], per_fold=mets["per_fold"],
-                       splits_created=created, seconds=seconds)
+                       splits_created=created, seconds=seconds, left_out=dict(cohort.left_out))
 
 
 def load_result(run_dir: Path, *, skipped: bool = False) -> TrainResult:

@@ -1,0 +1,87 @@
+"""Splits beyond the patient K-fold: site-preserved folds, repeats extended on the saved split,
+and which slides join a patient's bag (TCGA sample and slide types)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from brcatool import artifacts, stores
+from brcatool.cohort import load_cohort
+from brcatool.errors import InputError
+from brcatool.splits import get_splits, load_splits, patient_sites, splits_path, tcga_site
+from brcatool.synth import make_prepared_workdir
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    return make_prepared_workdir(tmp_path_factory.mktemp("splits") / "w", patients=90, patches=2, dim=4,
+                                 genes=6, seed=5)
+
+
+def test_site_split_keeps_every_site_on_one_side(prepared) -> None:
+    wd = prepared.workdir
+    c = load_cohort(wd, images=False)
+    splits, created = get_splits(wd, c, folds=4, repeats=2, by="site")
+    assert created and splits_path(wd, "site").exists() and not wd.splits.exists()
+    sites = np.array([tcga_site(p) for p in c.patient_ids])
+    assert splits.sites == list(sites) and sites[0] == c.patient_ids[0][5:7]
+    for r in range(2):
+        for k in range(4):
+            tr, va = splits.indices(r, k)
+            assert len(va) and not set(sites[tr]) & set(sites[va]), (r, k)
+            # balanced by label as far as whole sites allow: both classes in every validation fold
+            assert len(np.unique(c.targets[va])) == 2
+        share = [c.targets[splits.fold[r] == k].mean() for k in range(4)]
+        assert max(share) - min(share) < 0.35
+    assert not np.array_equal(splits.fold[0], splits.fold[1])  # repeats draw other assignments
+    again, created = get_splits(wd, c, folds=4, repeats=2, by="site")
+    assert not created and np.array_equal(again.fold, splits.fold)
+    assert load_splits(splits_path(wd, "site")).by == "site"
+
+
+def test_sites_from_a_named_column_or_refused(prepared, tmp_path: Path) -> None:
+    c = load_cohort(prepared.workdir, images=False)
+    table = tmp_path / "clinical.tsv"
+    pl.DataFrame({"sample": [f"{p}-01A" for p in c.patient_ids],
+                  "center": [f"c{i % 5}" for i in range(c.n)]}).write_csv(table, separator="\t")
+    assert patient_sites(c, f"{table}:center") == [f"c{i % 5}" for i in range(c.n)]
+    with pytest.raises(InputError, match="no column 'centre'"):
+        patient_sites(c, f"{table}:centre")
+    other = dataclasses.replace(c, patient_ids=[f"P{i}" for i in range(c.n)])
+    with pytest.raises(InputError, match="--site-column"):
+        patient_sites(other)
+
+
+def test_more_repeats_extend_the_saved_split_keeping_its_first(tmp_path: Path) -> None:
+    wd = make_prepared_workdir(tmp_path / "w", patients=30, patches=2, dim=4, genes=6, seed=2).workdir
+    c = load_cohort(wd, images=False)
+    one, _ = get_splits(wd, c, folds=3, seed=1)
+    three, created = get_splits(wd, c, folds=3, repeats=3)
+    assert created and three.repeats == 3 and np.array_equal(three.fold[0], one.fold[0])
+    assert load_splits(wd.splits).repeats == 3
+    head, created = get_splits(wd, c, folds=3, repeats=1)  # a one-repeat run uses the first
+    assert not created and head.repeats == 1 and np.array_equal(head.fold, one.fold)
+
+
+def test_only_primary_tumour_slides_join_by_default(tmp_path: Path) -> None:
+    pw = make_prepared_workdir(tmp_path / "w", patients=12, patches=3, dim=4, genes=6, seed=3)
+    wd, pid = pw.workdir, pw.patient_ids[0]
+    index = artifacts.read_parquet(wd.features_index(pw.encoder), schema="features")
+    extra = f"{pid}-11A-01-TS1.0A1B2C3D"
+    stores.write_features(wd, pw.encoder, extra, np.ones((2, 4, 4), dtype=np.float16))
+    row = index.filter(pl.col("patient_id") == pid).head(1).with_columns(slide_id=pl.lit(extra),
+                                                                          n_patches=pl.lit(4, pl.Int64))
+    artifacts.write_parquet(pl.concat([index, row]), wd.features_index(pw.encoder), schema="features")
+    i = pw.patient_ids.index(pid)
+    default = load_cohort(wd)
+    assert default.left_out == {"sample type 11 (solid tissue normal)": 1}
+    assert default.mask[i].sum() == 3
+    everything = load_cohort(wd, keep_all_samples=True)
+    assert everything.left_out == {} and everything.mask[i].sum() == 7
+    diagnostic = load_cohort(wd, keep_all_samples=True, slide_types=["DX"])
+    assert diagnostic.left_out == {"slide type TS": 1} and diagnostic.mask[i].sum() == 3
