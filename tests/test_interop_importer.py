@@ -99,12 +99,15 @@ def test_a_tiled_workdir_or_other_features_are_refused(tmp_path):
     assert not wd.stage_manifest("tile").exists()
 
 
-def test_import_then_prep_expr_then_train_run_unchanged(tmp_path):
-    fs = make_foreign_features(tmp_path / "src", "trident", patients=16, patches=6, dim=8, signal=2.0,
+@pytest.mark.parametrize("layout", ["clam", "trident", "stamp", "pt"])
+def test_import_then_prep_expr_then_train_run_unchanged(tmp_path, layout):
+    fs = make_foreign_features(tmp_path / "src", layout, patients=16, patches=6, dim=8, signal=2.0,
                                expression=True, genes=80)
     wd = str(tmp_path / "wd")
-    out = runner.invoke(app, ["import-features", str(fs.source), "--format", "trident", "--encoder", "uni_v1",
-                              "-w", wd, "-q"])
+    extra = ["--coords", str(fs.coords_dir)] if fs.coords_dir else []
+    extra += [] if layout == "trident" else ["--mpp", str(fs.mpp)]
+    out = runner.invoke(app, ["import-features", str(fs.source), "--format", layout, "--encoder", "uni_v1",
+                              "-w", wd, "-q", *extra])
     assert out.exit_code == 0, out.output
     out = runner.invoke(app, ["prep-expr", "--expression", str(fs.expression), "--clinical", str(fs.clinical),
                               "-w", wd, "-q"])

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, slides, stores, tiling
+from brcatool import artifacts, outputs, slides, stores, tiling
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.errors import ArtifactError, BrcaError, InputError
 from brcatool.interop import h5features
@@ -225,8 +225,12 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
     write_yaml(cfg, fdir / "config.yaml")
     n_patches = int(patch_rows.num_rows)
     counts = {"files": len(files), "slides": len(good), "failed": len(rows) - len(good), "patches": n_patches}
-    manifest.write(fdir / "manifest.json", status="complete", counts=counts)
-    Manifest(STAGE, {"encoder": cfg.encoder, **request}).write(wd.stage_manifest(STAGE), counts=counts)
+    # the fingerprint changes exactly when the store does (train records it and refuses a stale run)
+    manifest.write(fdir / "manifest.json", status="complete", counts=counts,
+                   fingerprint=outputs.output_fingerprint(params, files=[wd.features_index(cfg.encoder)]))
+    Manifest(STAGE, {"encoder": cfg.encoder, **request}).write(
+        wd.stage_manifest(STAGE), counts=counts,
+        fingerprint=outputs.output_fingerprint(files=[wd.patches_table, wd.slides_table]))
     return ImportResult(wd.root, cfg.encoder, fdir, rows, int(dim), n_patches, time.perf_counter() - t0,
                         params)
 
