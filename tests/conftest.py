@@ -30,3 +30,12 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory):
 
     return make_cohort(tmp_path_factory.mktemp("small_cohort"), patients=6, seed=0,
                        slide_size=(1536, 1152), progress=False)
+
+
+@pytest.fixture(scope="session")
+def mini_demo(tmp_path_factory: pytest.TempPathFactory):
+    """The demo pipeline (every stage, report included) at test size: 16 patients, resnet18, 3 folds."""
+    from brcatool.pipeline import DemoConfig, run_demo
+
+    cfg = DemoConfig(patients=16, patches=4, encoder="resnet18", epochs=3, patience=2, folds=3, bootstrap=50)
+    return run_demo(tmp_path_factory.mktemp("mini_demo") / "work", cfg, progress=False)
