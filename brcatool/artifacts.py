@@ -61,7 +61,9 @@ class Workdir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    def _at(self, path: Path) -> Path:
+    def at(self, path: Path) -> Path:
+        """Where ``path`` (an artifact of this workdir) is read and written: staged outputs of an
+        ``--overwrite`` run (see ``outputs.replacing``) live elsewhere until they are swapped in."""
         for final, staged in self.redirects:
             if path == final:
                 return staged
@@ -72,19 +74,19 @@ class Workdir:
     # tile
     @property
     def slides_table(self) -> Path:
-        return self._at(self.root / "slides.parquet")
+        return self.at(self.root / "slides.parquet")
 
     @property
     def patches_table(self) -> Path:
-        return self._at(self.root / "patches.parquet")
+        return self.at(self.root / "patches.parquet")
 
     @property
     def patches_zarr(self) -> Path:
-        return self._at(self.root / "patches.zarr")
+        return self.at(self.root / "patches.zarr")
 
     @property
     def qc_dir(self) -> Path:
-        return self._at(self.root / "qc")
+        return self.at(self.root / "qc")
 
     def qc_image(self, slide_id: str) -> Path:
         return self.qc_dir / f"{file_name(slide_id)}.png"
@@ -92,11 +94,11 @@ class Workdir:
     @property
     def tile_parts(self) -> Path:
         """Per-slide records of an unfinished or resumable tile run (``slides/`` holds id files)."""
-        return self._at(self.root / ".tile-parts")
+        return self.at(self.root / ".tile-parts")
 
     # embed
     def features_dir(self, encoder: str) -> Path:
-        return self._at(self.root / "features" / file_name(encoder))
+        return self.at(self.root / "features" / file_name(encoder))
 
     def features_zarr(self, encoder: str) -> Path:
         return self.features_dir(encoder) / "features.zarr"
@@ -125,42 +127,42 @@ class Workdir:
     # prep-expr
     @property
     def expression_table(self) -> Path:
-        return self._at(self.root / "expression.parquet")
+        return self.at(self.root / "expression.parquet")
 
     @property
     def labels_table(self) -> Path:
-        return self._at(self.root / "labels.parquet")
+        return self.at(self.root / "labels.parquet")
 
     @property
     def cohort_table(self) -> Path:
-        return self._at(self.root / "cohort.parquet")
+        return self.at(self.root / "cohort.parquet")
 
     @property
     def recipe_settings(self) -> Path:
-        return self._at(self.root / "recipe.json")
+        return self.at(self.root / "recipe.json")
 
     # train / evaluate / ablate
     @property
     def splits(self) -> Path:
-        return self._at(self.root / "splits.json")
+        return self.at(self.root / "splits.json")
 
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
     def run_dir(self, name: str) -> Path:
-        return self._at(self.runs_dir / check_name(name, what="run name"))
+        return self.at(self.runs_dir / check_name(name, what="run name"))
 
     @property
     def ablations_dir(self) -> Path:
         return self.root / "ablations"
 
     def ablation_dir(self, name: str) -> Path:
-        return self._at(self.ablations_dir / check_name(name, what="ablation name"))
+        return self.at(self.ablations_dir / check_name(name, what="ablation name"))
 
     # manifests of stages whose outputs sit at the workdir root
     def stage_manifest(self, stage: str) -> Path:
-        return self._at(self.root / "manifests" / f"{stage}.json")
+        return self.at(self.root / "manifests" / f"{stage}.json")
 
     def require(self, path: Path, *, made_by: str) -> Path:
         """Return ``path`` or fail with a line telling which stage makes it."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, stores
+from brcatool import artifacts, outputs, stores
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError, InputError
 from brcatool.ids import parse_barcode
@@ -144,6 +144,8 @@ def encoder_identity(wd: Workdir, encoder: str) -> dict[str, Any]:
 
     path = wd.features_dir(encoder) / "manifest.json"
     params = feature_manifest(wd, encoder).get("params", {})
+    outputs.check_fresh(wd, path, what=f"features of encoder {encoder!r}",
+                        rerun=f"embed --encoder {encoder} --overwrite")
     missing = [k for k in ("encoder", "weights", "dim") if k not in params]
     if missing:
         raise ArtifactError(f"features manifest lacks {', '.join(missing)}", path=path,

@@ -44,6 +44,7 @@ def replacing(wd: Workdir, finals: Sequence[Path], *, enabled: bool = True,
     token = uuid.uuid4().hex[:8]
     pairs = [(Path(f), _stage_tmp(Path(f), tag, token)) for f in finals]
     staged_wd = Workdir(wd.root, wd.redirects + tuple(pairs))
+    new_parents = {f.parent for f, _ in pairs if not f.parent.exists()}
     try:
         yield staged_wd
         trash = []
@@ -60,6 +61,9 @@ def replacing(wd: Workdir, finals: Sequence[Path], *, enabled: bool = True,
     finally:
         for parent in {staged.parent for _, staged in pairs}:
             remove(parent)
+        for parent in new_parents:  # made only to hold the staging: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 #: Temporary names made by this module: ``.<name>.tmp-<8 hex>`` (atomic writes, staging folders).

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import typing
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -41,9 +44,24 @@ def report_errors(fn: F) -> F:
             where = f"{exc.filename}: " if exc.filename else ""
             raise fail(f"{where}{exc.strerror or exc} (fix: check the path, its permissions and "
                        "free disk space)") from None
+        except MemoryError:
+            raise fail("out of memory (fix: lower the sizes asked for, e.g. --batch-size, --patch-size "
+                       "or --workers, or use a machine with more memory)") from None
+        except BrokenExecutor as exc:  # a worker process was killed (OOM killer, kill -9)
+            raise fail(f"a worker process died ({' '.join(str(exc).split())[:200]}) (fix: re-run the "
+                       "same command to resume finished units; lower --workers if memory ran "
+                       "out)") from None
         except KeyboardInterrupt:
             raise fail("interrupted; finished outputs are kept, re-run the same command to resume",
                        code=130) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+            raise  # typer.Exit and usage errors: click reports them itself
+        except Exception as exc:  # a bug: still one line (BRCATOOL_DEBUG=1 shows the traceback)
+            if os.environ.get("BRCATOOL_DEBUG"):
+                raise
+            raise fail(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (fix: "
+                       "this is a bug in brcatool; re-run with BRCATOOL_DEBUG=1 for the traceback and "
+                       "report it)") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,9 +84,23 @@ def _is_plain_str_option(param: Any) -> bool:
     return annotation is str or set(typing.get_args(annotation)) == {str, type(None)}
 
 
-def _join_lists(params: dict[str, Any], name: str, val: Any) -> Any:
-    """A YAML list for a plain (single, string) option becomes its comma-separated form."""
-    if isinstance(val, list) and _is_plain_str_option(params.get(name)):
+def _is_number_option(param: Any) -> bool:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if annotation is None:  # an older typer: a click parameter type
+        return isinstance(getattr(param, "type", None), (click.types.IntParamType, click.types.FloatParamType))
+    return bool({annotation, *typing.get_args(annotation)} & {int, float})
+
+
+def _join_lists(params: dict[str, Any], name: str, val: Any, source: Path | None = None) -> Any:
+    """A YAML list for a plain (single, string) option becomes its comma-separated form.
+
+    ``true``/``false`` for a number option is refused (click would read ``epochs: true`` as 1).
+    """
+    param = params.get(name)
+    if isinstance(val, bool) and _is_number_option(param):
+        raise BrcaError(f"option {name!r} must be a number, got {str(val).lower()}", path=source,
+                        fix=f"write a number, e.g. `{name.replace('_', '-')}: 1`")
+    if isinstance(val, list) and _is_plain_str_option(param):
         return ",".join(str(v) for v in val)
     return val
 
@@ -111,9 +143,9 @@ def _load_config(ctx: typer.Context, _param: Any, value: Path | None) -> Path | 
                     if sub not in mine:
                         raise BrcaError(f"unknown option {sub_raw!r} for `{raw}`", path=value,
                                         fix=f"see `brcatool {raw} --help` for valid names")
-                    defaults[sub] = _join_lists(params, sub, sub_val)
+                    defaults[sub] = _join_lists(params, sub, sub_val, value)
             elif name in mine:
-                defaults.setdefault(name, _join_lists(params, name, val))
+                defaults.setdefault(name, _join_lists(params, name, val, value))
             elif name not in known:
                 raise BrcaError(f"unknown option {raw!r}", path=value,
                                 fix="use option names from `brcatool COMMAND --help`")

@@ -17,6 +17,7 @@ from brcatool import artifacts, expression, stores, tiling
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.errors import InputError
 from brcatool.expression.recipe import Recipe
+from brcatool.outputs import output_fingerprint
 from brcatool.synth.counts import gene_names
 from brcatool.synth.names import assign_subtypes, patient_barcodes, slide_name
 from brcatool.tasks import SUBTYPES
@@ -137,9 +138,10 @@ def make_prepared_workdir(
     i64 = {"n_patches": pl.Int64, "views": pl.Int64, "dim": pl.Int64}
     artifacts.write_parquet(pl.DataFrame(index_rows, schema_overrides=i64), wd.features_index(encoder),
                             schema="features")
-    Manifest("embed", {"encoder": encoder, "weights": weights, "dim": dim, "views": views,
-                       "input_size": 224}).write(wd.features_dir(encoder) / "manifest.json",
-                                                 counts={"slides": len(index_rows)}, status="complete")
+    embed_params = {"encoder": encoder, "weights": weights, "dim": dim, "views": views, "input_size": 224}
+    Manifest("embed", embed_params).write(
+        wd.features_dir(encoder) / "manifest.json", counts={"slides": len(index_rows)}, status="complete",
+        fingerprint=output_fingerprint(embed_params, files=[wd.features_index(encoder)]))
     for rows, columns, path, schema in ((slide_rows, tiling.SLIDE_COLUMNS, wd.slides_table, "slides"),
                                         (patch_rows, tiling.PATCH_COLUMNS, wd.patches_table, "patches")):
         table = pa.Table.from_pylist(rows, schema=tiling.arrow_schema(columns))
@@ -149,7 +151,8 @@ def make_prepared_workdir(
     artifacts.write_parquet(cohort, wd.cohort_table, schema="cohort")
     # written last, as prep-expr does: train trusts expression/labels only once this exists
     Manifest("prep-expr", {"synthetic": True, "task": task, "seed": seed}).write(
-        wd.stage_manifest("prep-expr"), counts={"patients": patients})
+        wd.stage_manifest("prep-expr"), counts={"patients": patients},
+        fingerprint=output_fingerprint(files=[wd.expression_table, wd.labels_table, wd.recipe_settings]))
     return PreparedWorkdir(workdir=wd, patient_ids=pids, classes=names,
                            targets={p: int(t) for p, t in zip(pids, target, strict=True)},
                            encoder=encoder, genes=gnames, n_slides=len(index_rows),
