@@ -128,3 +128,20 @@ def test_cli_reports_a_bad_folder_in_one_line(tmp_path):
                               "-w", str(tmp_path / "wd")])
     assert out.exit_code == 1
     assert "holds no .h5 feature files" in out.output and "Traceback" not in out.output
+
+
+def test_a_refused_import_leaves_the_workdir_as_it_was(tmp_path):
+    first = make_foreign_features(tmp_path / "a", "trident", patients=2, patches=3, dim=4, seed=1)
+    other = make_foreign_features(tmp_path / "b", "trident", patients=2, patches=3, dim=4, seed=2)
+    wd = Workdir(tmp_path / "wd")
+    _import(wd, first, "trident")
+    before = wd.patches_table.read_bytes()
+    with pytest.raises(ArtifactError, match="holds other patches"):
+        run_import_features(wd, ImportConfig(source=str(other.source), format="trident", encoder="second"),
+                            progress=False)
+    assert not wd.features_dir("second").exists() and wd.patches_table.read_bytes() == before
+    assert wd.available_encoders() == ["ext"]
+    # the same coordinates under a second encoder name share the patch table
+    assert run_import_features(wd, ImportConfig(source=str(first.source), format="trident", encoder="second"),
+                               progress=False).count("ok") == 2
+    assert wd.available_encoders() == ["ext", "second"]

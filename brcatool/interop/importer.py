@@ -112,11 +112,6 @@ def _guard_workdir(wd: Workdir, cfg: ImportConfig, request: dict[str, Any]) -> N
     tile_manifest = wd.stage_manifest("tile")
     man = wd.features_dir(cfg.encoder) / "manifest.json"
     if cfg.overwrite:
-        if tile_manifest.exists():  # the imported tables replace tile's; its pixels would not match
-            for p in (wd.patches_zarr, wd.root / tiling.PARTS):
-                shutil.rmtree(p, ignore_errors=True)
-            tile_manifest.unlink()
-        shutil.rmtree(wd.features_dir(cfg.encoder), ignore_errors=True)
         return
     if tile_manifest.exists():
         raise ArtifactError("holds patches tiled from slides; imported features bring their own patch table",
@@ -154,10 +149,62 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
     table = read_slides_table(cfg.slides_table) if cfg.slides_table else {}
     request = _request(cfg)
     _guard_workdir(wd, cfg, request)
+    fdir = wd.features_dir(cfg.encoder)
+    # everything is built beside the old outputs and swapped in at the end: a failed or refused
+    # import leaves the previous one untouched; features stream to the store slide by slide
+    finals = [fdir, wd.patches_table, wd.slides_table, wd.stage_manifest(STAGE)]
+    with outputs.replacing(wd, finals, tag="import") as swd:
+        rows, kept = _import_files(swd, layout, files, table, cfg, progress)
+        dim = _keep_majority_dim(kept)
+        kept = [(sf, row) for sf, row in kept if row["status"] == "ok"]
+        extractors = sorted({sf.extractor for sf, _ in kept if sf.extractor})
+        params = {"encoder": cfg.encoder, "weights": f"imported:{cfg.format}" + (
+                      f":{','.join(extractors)}" if extractors else ""),
+                  "dim": int(dim), "views": 1, "input_size": None, "normalisation": None, "stain_norm": None,
+                  "precision": "imported", "dtype": "float16", "import": request}
+        patch_rows = _patch_table(kept)
+        _check_patch_table(wd, patch_rows, cfg)  # the old table, at its real place
+        index = pl.DataFrame(
+            {"slide_id": [sf.slide_id for sf, _ in kept], "patient_id": [r["patient_id"] for _, r in kept],
+             "n_patches": [r["n_patches"] for _, r in kept], "views": [1] * len(kept),
+             "dim": [dim] * len(kept)},
+            schema={"slide_id": pl.Utf8, "patient_id": pl.Utf8, "n_patches": pl.Int64, "views": pl.Int64,
+                    "dim": pl.Int64})
+        artifacts.write_parquet(index, swd.features_index(cfg.encoder), schema="features")
+        artifacts.write_parquet(patch_rows, swd.patches_table, schema="patches")
+        slide_table = pa.Table.from_pylist([{k: r.get(k) for k in tiling.SLIDE_COLUMNS} for r in rows],
+                                           schema=tiling.arrow_schema(tiling.SLIDE_COLUMNS))
+        artifacts.write_parquet(slide_table, swd.slides_table, schema="slides")
+        write_yaml(cfg, swd.features_dir(cfg.encoder) / "config.yaml")
+        n_patches = int(patch_rows.num_rows)
+        counts = {"files": len(files), "slides": len(kept), "failed": len(rows) - len(kept),
+                  "patches": n_patches}
+        manifest = Manifest(STAGE, params)
+        for _, path in files:
+            manifest.add_input(path)
+        # the fingerprint changes exactly when the store does (train records it and refuses a stale run)
+        manifest.write(swd.features_dir(cfg.encoder) / "manifest.json", status="complete", counts=counts,
+                       fingerprint=outputs.output_fingerprint(params,
+                                                              files=[swd.features_index(cfg.encoder)]))
+        Manifest(STAGE, {"encoder": cfg.encoder, **request}).write(
+            swd.stage_manifest(STAGE), counts=counts,
+            fingerprint=outputs.output_fingerprint(files=[swd.patches_table, swd.slides_table]))
+    if cfg.overwrite and wd.stage_manifest("tile").exists():  # tile's patches no longer match the tables
+        for p in (wd.patches_zarr, wd.root / tiling.PARTS):
+            shutil.rmtree(p, ignore_errors=True)
+        wd.stage_manifest("tile").unlink()
+    return ImportResult(wd.root, cfg.encoder, fdir, rows, int(dim), n_patches, time.perf_counter() - t0,
+                        params)
 
+
+def _import_files(wd: Workdir, layout: h5features.Layout, files: list[tuple[str, Path]],
+                  table: dict[str, dict[str, Any]], cfg: ImportConfig, progress: bool,
+                  ) -> tuple[list[dict[str, Any]], list[tuple[SlideFeatures, dict[str, Any]]]]:
+    """Read, check and store each file (features leave memory once stored); (rows, stored slides)."""
     rows: list[dict[str, Any]] = []
-    good: list[tuple[SlideFeatures, dict[str, Any]]] = []
+    kept: list[tuple[SlideFeatures, dict[str, Any]]] = []
     seen: set[str] = set()
+    coords_dir = Path(cfg.coords).expanduser() if cfg.coords else None
     for sid, path in _progress(files, progress):
         t1 = time.perf_counter()
         info = table.get(sid, {})
@@ -166,8 +213,7 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
             rows.append(_failed(sid, path, patient, "duplicate slide id (another file has the same name)"))
             continue
         seen.add(sid)
-        opts = ReadOptions(mpp=info.get("mpp") or cfg.mpp, patch_size=cfg.patch_size,
-                           coords_dir=Path(cfg.coords).expanduser() if cfg.coords else None)
+        opts = ReadOptions(mpp=info.get("mpp") or cfg.mpp, patch_size=cfg.patch_size, coords_dir=coords_dir)
         try:
             sf = h5features.read_slide(layout, sid, path, opts)
             if sf.geometry.mpp0 is None:
@@ -176,63 +222,30 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
         except BrcaError as exc:
             rows.append(_failed(sid, path, patient, exc.one_line()))
             continue
-        g = sf.geometry
+        array = stores.write_features(wd, cfg.encoder, sid, sf.features[None],
+                                      attrs={"source": str(path), "format": cfg.format})
+        g, (n, d) = sf.geometry, sf.features.shape
+        sf.features = sf.features[:0]  # stored: keep only the shape
         row = {"slide_id": sid, "patient_id": patient, "path": info.get("path"), "status": "ok",
                "error": None,
-               "width": g.width0, "height": g.height0, "mpp": g.mpp0, "n_candidates": len(sf.features),
-               "n_patches": len(sf.features), "seconds": time.perf_counter() - t1}
+               "width": g.width0, "height": g.height0, "mpp": g.mpp0, "n_candidates": n, "n_patches": n,
+               "dim": d, "array": array, "seconds": time.perf_counter() - t1}
         rows.append(row)
-        good.append((sf, row))
-
-    dims = Counter(sf.features.shape[1] for sf, _ in good)
-    if not dims:
+        kept.append((sf, row))
+    if not kept:
         raise InputError(f"no usable feature file among {len(files)}: " + rows[0]["error"], path=cfg.source)
-    dim = dims.most_common(1)[0][0]
-    for sf, row in good:
-        if sf.features.shape[1] != dim:
-            row.update(_failed(sf.slide_id, sf.path, row["patient_id"],
-                               f"{sf.path}: feature dim {sf.features.shape[1]} differs from the other "
-                               f"slides' {dim}"), path=row["path"])
-    good = [(sf, row) for sf, row in good if row["status"] == "ok"]
-    extractors = sorted({sf.extractor for sf, _ in good if sf.extractor})
-    params = {"encoder": cfg.encoder, "weights": f"imported:{cfg.format}" + (
-                  f":{','.join(extractors)}" if extractors else ""),
-              "dim": int(dim), "views": 1, "input_size": None, "normalisation": None, "stain_norm": None,
-              "precision": "imported", "dtype": "float16", "import": request}
+    return rows, kept
 
-    patch_rows = _patch_table(good)
-    _check_patch_table(wd, patch_rows, cfg)
-    fdir = wd.features_dir(cfg.encoder)
-    shutil.rmtree(fdir, ignore_errors=True)  # an import is rewritten whole: no stale slides survive
-    manifest = Manifest(STAGE, params)
-    for _, path in files:
-        manifest.add_input(path)
-    manifest.write(fdir / "manifest.json", status="running")
-    for sf, _ in good:
-        stores.write_features(wd, cfg.encoder, sf.slide_id, sf.features[None],
-                              attrs={"source": str(sf.path), "format": cfg.format})
-    index = pl.DataFrame(
-        {"slide_id": [sf.slide_id for sf, _ in good], "patient_id": [r["patient_id"] for _, r in good],
-         "n_patches": [len(sf.features) for sf, _ in good], "views": [1] * len(good),
-         "dim": [dim] * len(good)},
-        schema={"slide_id": pl.Utf8, "patient_id": pl.Utf8, "n_patches": pl.Int64, "views": pl.Int64,
-                "dim": pl.Int64})
-    artifacts.write_parquet(index, wd.features_index(cfg.encoder), schema="features")
-    artifacts.write_parquet(patch_rows, wd.patches_table, schema="patches")
-    slide_table = pa.Table.from_pylist([{k: r.get(k) for k in tiling.SLIDE_COLUMNS} for r in rows],
-                                       schema=tiling.arrow_schema(tiling.SLIDE_COLUMNS))
-    artifacts.write_parquet(slide_table, wd.slides_table, schema="slides")
-    write_yaml(cfg, fdir / "config.yaml")
-    n_patches = int(patch_rows.num_rows)
-    counts = {"files": len(files), "slides": len(good), "failed": len(rows) - len(good), "patches": n_patches}
-    # the fingerprint changes exactly when the store does (train records it and refuses a stale run)
-    manifest.write(fdir / "manifest.json", status="complete", counts=counts,
-                   fingerprint=outputs.output_fingerprint(params, files=[wd.features_index(cfg.encoder)]))
-    Manifest(STAGE, {"encoder": cfg.encoder, **request}).write(
-        wd.stage_manifest(STAGE), counts=counts,
-        fingerprint=outputs.output_fingerprint(files=[wd.patches_table, wd.slides_table]))
-    return ImportResult(wd.root, cfg.encoder, fdir, rows, int(dim), n_patches, time.perf_counter() - t0,
-                        params)
+
+def _keep_majority_dim(kept: list[tuple[SlideFeatures, dict[str, Any]]]) -> int:
+    """The feature dimension most slides have; slides with another one become failed rows."""
+    dim = Counter(row["dim"] for _, row in kept).most_common(1)[0][0]
+    for sf, row in kept:
+        if row["dim"] != dim:
+            shutil.rmtree(row["array"], ignore_errors=True)
+            row.update(_failed(sf.slide_id, sf.path, row["patient_id"],
+                               f"{sf.path}: feature dim {row['dim']} differs from the other slides' {dim}"))
+    return int(dim)
 
 
 def _patch_table(good: list[tuple[SlideFeatures, dict[str, Any]]]) -> Any:
@@ -242,7 +255,7 @@ def _patch_table(good: list[tuple[SlideFeatures, dict[str, Any]]]) -> Any:
 
     parts = []
     for sf, row in good:
-        n, g = len(sf.features), sf.geometry
+        n, g = row["n_patches"], sf.geometry
         patch_mpp = float(g.mpp0) * g.size0 / g.out_size
         parts.append(pa.table({
             "slide_id": [sf.slide_id] * n, "patient_id": [row["patient_id"]] * n, "patch_index": np.arange(n),
