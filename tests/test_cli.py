@@ -21,7 +21,7 @@ from brcatool.cli.common import (
 from brcatool.errors import InputError
 
 runner = CliRunner()
-STAGES = ["synth", "tile", "embed", "prep-expr", "train", "evaluate", "ablate", "demo"]
+STAGES = ["synth", "tile", "embed", "import-features", "prep-expr", "train", "evaluate", "ablate", "demo"]
 
 
 def test_help_lists_every_stage():
@@ -158,11 +158,12 @@ STAGE_CONFIGS = {
     "train": ("brcatool.training", "TrainConfig"),
     "evaluate": ("brcatool.evaluation", "EvaluateConfig"),
     "ablate": ("brcatool.ablation", "AblateConfig"),
+    "import-features": ("brcatool.interop.importer", "ImportConfig"),
 }
 
 
 #: CLI options left unset by default on purpose (e.g. to tell "--mpp given" from "--magnification given").
-UNSET_ON_PURPOSE = {("tile", "mpp")}
+UNSET_ON_PURPOSE = {("tile", "mpp"), ("import-features", "source")}  # source: a required argument
 
 
 def _default(value):
