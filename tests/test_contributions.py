@@ -51,3 +51,20 @@ def test_evaluate_exports_occlusion_weights_like_attention(mean_run):
     assert set(att["method"]) == {"occlusion"}
     ref = contributions(wd.run_dir("mean"), wd, mode="oof").sort("patient_id", "slide_id", "patch_index")
     np.testing.assert_allclose(att["weight"].to_numpy(), ref["weight"].to_numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_every_image_fusion_gets_finite_contributions(tmp_path):
+    from brcatool.models import FUSIONS
+
+    prep = make_prepared_workdir(tmp_path, patients=12, patches=4, dim=8, views=1, genes=8, ragged=True,
+                                 seed=1)
+    names = [n for n in FUSIONS.names() if FUSIONS.get(n).uses_image]
+    assert {"image", "concat", "late", "xattn"} <= set(names)
+    for fusion in names:
+        run_train(tmp_path, TrainConfig(fusion=fusion, aggregator="mean", epochs=1, folds=2, device="cpu",
+                                        name=fusion, hidden=16, heads=2), progress=False)
+        table = contributions(Workdir(tmp_path).run_dir(fusion), Workdir(tmp_path), mode="ensemble")
+        assert table["patient_id"].n_unique() == len(prep.patient_ids), fusion
+        assert np.isfinite(table["weight"].to_numpy()).all(), fusion
+        sizes = table.group_by("patient_id").len()["len"].to_numpy()
+        assert sizes.min() >= 2 and sizes.max() <= 4  # ragged bags: one row per valid patch
