@@ -56,6 +56,12 @@ def test_read_polygons_takes_annotations_and_skips_detections(tmp_path):
     path = _qupath_export(tmp_path / "s.geojson", SQUARE_WITH_HOLE, extra=[det, multi])
     polys = geojson.read_polygons(path)
     assert len(polys) == 3 and len(polys[0][1]) == 1
+    tri = [[[0, 0], [5, 0], [5, 5], [0, 0]]]
+    old = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": tri},
+           "properties": {"object_type": "annotation", "classification": {"name": "T", "colorRGB": -65536}}}
+    old_det = {**old, "properties": {"object_type": "detection"}}
+    (tmp_path / "old.json").write_text(json.dumps({"type": "FeatureCollection", "features": [old, old_det]}))
+    assert len(geojson.read_polygons(tmp_path / "old.json")) == 1  # QuPath 0.2/0.3 spelling
     (tmp_path / "bad.geojson").write_text("{")
     with pytest.raises(InputError, match="not valid JSON"):
         geojson.read_polygons(tmp_path / "bad.geojson")

@@ -163,8 +163,9 @@ def read_polygons(path: str | Path) -> list[Polygon]:
         raise InputError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path=path) from None
     polys: list[Polygon] = []
     for feat in _features(obj, path):
-        kind = (feat.get("properties") or {}).get("objectType", "annotation")
-        if kind == "annotation":
+        props = feat.get("properties") or {}
+        kind = props.get("objectType", props.get("object_type", "annotation"))  # QuPath >= 0.4 / older
+        if str(kind).lower() == "annotation":
             polys += _polygons(feat.get("geometry"), path)
     if not polys:
         raise InputError("holds no annotation polygons", path=path,
