@@ -38,6 +38,14 @@ def _patch_codec() -> Any:
     return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
 
 
+def _feature_codec() -> Any:
+    """Zstd with its frame checksum: a flipped bit in a feature chunk fails the read (one line via
+    ``member``) instead of feeding wrong numbers to training; any Zarr v3 reader decodes it."""
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=0, checksum=True)
+
+
 def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
                         batches: Iterable[np.ndarray], attrs: dict[str, Any] | None = None) -> Path:
     """Write one slide's patches from an iterator of batches, atomically, one shard in memory.
@@ -149,7 +157,8 @@ def write_features(workdir: Workdir, encoder: str, slide_id: str, features: np.n
     artifacts.open_group(workdir.features_zarr(encoder), schema="feature-store", create=True)
     v, n, d = features.shape
     return artifacts.write_array(workdir.features_zarr(encoder), file_name(slide_id), features,
-                                 chunks=(v, max(1, n), d), attrs={**(attrs or {}), ID_ATTR: slide_id})
+                                 chunks=(v, max(1, n), d), attrs={**(attrs or {}), ID_ATTR: slide_id},
+                                 compressors=_feature_codec())
 
 
 def feature_group(workdir: Workdir, encoder: str):
