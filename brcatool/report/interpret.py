@@ -65,7 +65,15 @@ def _run(run_dir: Path, notes: Notes, slide_owner: dict[str, str], n: int) -> di
                          for h in heat.get(pid, [])],
         })
     return {"name": run_dir.name, "classes": classes, "patients": patients, "available": len(have),
-            "has_weights": (out / "attention.parquet").is_file()}
+            "methods": _methods(out / "attention.parquet", notes)}
+
+
+def _methods(path: Path, notes: Notes) -> list[str]:
+    """How the patch weights were made (``attention``, ``occlusion``, ...), when the table says."""
+    t = table(path, notes) if path.is_file() else None
+    if t is None or "method" not in t.columns:
+        return ["attention"] if t is not None else []
+    return sorted(str(m) for m in t["method"].unique().to_list() if m is not None)
 
 
 def _predictions(run_dir: Path, classes: list[str], notes: Notes) -> dict[str, dict[str, Any]]:

@@ -161,25 +161,59 @@ def ablation_info(folder: Path, notes: Notes) -> dict[str, Any] | None:
     ref = man.get("reference") or next((r.get("reference") for r in records if r.get("reference")), None)
     rows = []
     for name, r in zip(names, records, strict=True):
-        cells = []
-        for m in headline:
-            cells.append({"mean": number(r.get(f"{m}_mean")), "sd": number(r.get(f"{m}_sd")),
-                          "lo": number(r.get(f"{m}_ci_low")), "hi": number(r.get(f"{m}_ci_high"))})
-        diffs = [{"mean": number(r.get(f"{m}_diff_mean")), "sd": number(r.get(f"{m}_diff_sd")),
-                  "wins": r.get(f"{m}_diff_wins"), "lo": number(r.get(f"{m}_diff_ci_low")),
-                  "hi": number(r.get(f"{m}_diff_ci_high"))}
-                 for m in headline if f"{m}_diff_mean" in cols]
+        cells = [_cell(r, m) for m in headline]
+        diffs = [_diff(r, m, cols) for m in headline if f"{m}_diff_mean" in cols]
         kind = str(r.get("kind") or "model")
         rows.append({"model": name, "kind": kind, "sanity": kind != "model", "cells": cells, "diffs": diffs,
                      "run": r.get("run")})
-    md = text_file(folder / "summary.md", notes) or ""
-    prose = [ln.strip().lstrip("-").strip().replace("*", "").replace("`", "") for ln in md.splitlines()
-             if ln.strip() and not ln.lstrip().startswith(("|", "#", "Cells:"))]
+    null = table(folder / "null.parquet", notes)
     return {
         "name": folder.name, "reference": ref, "metrics": [{"key": m, "label": label(m)} for m in headline],
         "has_diffs": any(f"{m}_diff_mean" in cols for m in headline), "rows": rows,
         "all_columns": cols, "models": names, "transposed": [[c, *[r.get(c) for r in records]] for c in cols],
-        "prose": prose, "split_sha256": man.get("split_sha256"),
+        "prose": _prose(text_file(folder / "summary.md", notes) or ""),
+        "split_sha256": man.get("split_sha256"), "best": _best(rows, headline),
+        "null": None if null is None else {"columns": list(null.columns), "rows": null.rows()},
         "images": [{"image": inline(p), "path": str(p), "caption": p.stem.replace("_", " ")}
                    for p in pngs(folder, ("metrics.png",))],
     }
+
+
+def _cell(r: dict[str, Any], m: str) -> dict[str, Any]:
+    """One metric of one model: the pooled value with its CI (when the table has them), fold mean ± sd."""
+    return {"pooled": number(r.get(f"{m}_pooled")), "mean": number(r.get(f"{m}_mean")),
+            "sd": number(r.get(f"{m}_sd")), "lo": number(r.get(f"{m}_ci_low")),
+            "hi": number(r.get(f"{m}_ci_high"))}
+
+
+def _diff(r: dict[str, Any], m: str, cols: list[str]) -> dict[str, Any]:
+    """The paired difference of one metric: mean ± sd over folds, then every other ``<m>_diff_*`` column."""
+    pre = f"{m}_diff_"
+    extra = {c[len(pre):]: r.get(c) for c in cols if c.startswith(pre) and c[len(pre):] not in ("mean", "sd")}
+    ci = None
+    for lo_key in [k for k in extra if k.endswith("ci_low")]:
+        hi_key = lo_key[: -len("low")] + "high"
+        if hi_key in extra:
+            ci = (number(extra.pop(lo_key)), number(extra.pop(hi_key)))
+            break
+    return {"mean": number(r.get(f"{pre}mean")), "sd": number(r.get(f"{pre}sd")), "ci": ci,
+            "extra": [(k.replace("_", " "), v) for k, v in extra.items()]}
+
+
+def _prose(md: str) -> list[str]:
+    """summary.md's sentences and notes (its table and title are shown otherwise)."""
+    return [ln.strip().lstrip("-").strip().replace("*", "").replace("`", "") for ln in md.splitlines()
+            if ln.strip() and not ln.lstrip().startswith(("|", "#", "Cells:"))]
+
+
+def _best(rows: list[dict[str, Any]], headline: list[str]) -> dict[str, Any] | None:
+    """The best model (sanity checks aside) by PR-AUC, else by the first metric of the table."""
+    if not headline:
+        return None
+    i = headline.index("pr_auc") if "pr_auc" in headline else 0
+    scored = [(r["cells"][i]["mean"], r) for r in rows
+              if not r["sanity"] and r["cells"][i]["mean"] is not None]
+    if not scored:
+        return None
+    mean, row = max(scored, key=lambda t: t[0])
+    return {"model": row["model"], "metric": label(headline[i]), "mean": mean, "sd": row["cells"][i]["sd"]}
