@@ -61,7 +61,7 @@ def split_header(data: bytes, sep: str, path: Path) -> tuple[list[str], int, boo
             comments = True
         elif line.strip():
             try:
-                text = line.decode("utf-8").rstrip("\r")
+                text = line.decode("utf-8").rstrip("\r").lstrip("\ufeff")  # Excel's byte-order mark
             except UnicodeDecodeError as exc:
                 raise InputError(f"cannot read as text ({exc})", path=path,
                                  fix="pass a CSV/TSV (optionally .gz) or Parquet file") from None

@@ -25,7 +25,8 @@ S = [f"TCGA-AA-{i:04d}-01A" for i in range(1, 7)]
 
 def _table(tmp_path: Path, rows: list[list], name: str = "expr.tsv") -> Path:
     path = tmp_path / name
-    path.write_text("\n".join("\t".join(map(str, r)) for r in [["gene", *S[:len(rows[0]) - 1]], *rows]) + "\n")
+    header = ["gene", *S[:len(rows[0]) - 1]]
+    path.write_text("\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n")
     return path
 
 
@@ -156,3 +157,18 @@ def test_cli_error_paths_print_no_traceback(tmp_path):
     gz.write_bytes(gzip.compress(cases["short.tsv"].encode())[:25])
     res = runner.invoke(app, ["prep-expr", "--expression", str(gz), "-w", str(tmp_path / "w")])
     assert res.exit_code == 1 and "corrupt or truncated gzip" in res.output and "Traceback" not in res.output
+
+
+def test_excel_byte_order_mark_and_crlf_are_ignored(tmp_path):
+    matrix = tmp_path / "data_mrna_seq_v2_rsem.txt"
+    samples = "\t".join(s[:15] for s in S[:3]).encode()
+    matrix.write_bytes(b"\xef\xbb\xbfHugo_Symbol\tEntrez_Gene_Id\t" + samples
+                       + b"\r\nESR1\t2099\t1\t3\t7\r\nPGR\t5241\t15\t0\t255\r\n")
+    clinical = tmp_path / "clinical.tsv"
+    clinical.write_bytes(b"\xef\xbb\xbfpatient_id\tPAM50\r\n" + "".join(
+        f"{s[:12]}\t{v}\r\n" for s, v in zip(S[:3], ["LumA", "Basal", "Her2"], strict=True)).encode())
+    result, expr, m = _run(tmp_path, expression=matrix, clinical=clinical, max_zero_frac=0.5)
+    assert m["source"]["format"] == "cbioportal"
+    assert expr.sort("patient_id")["ESR1"].to_list() == [1.0, 2.0, 3.0]
+    assert expr.sort("patient_id")["PGR"].to_list() == [4.0, 0.0, 8.0]
+    assert result.class_counts == {"Luminal": 1, "Basal/Her2": 2}

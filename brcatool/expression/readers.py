@@ -82,7 +82,7 @@ def peek(path: Path) -> Peek:
     except (OSError, EOFError, zlib.error):
         return Peek(path, False)  # read_table names the problem later
     for raw in head.split(b"\n"):
-        line = raw.decode("utf-8", "replace").rstrip("\r")
+        line = raw.decode("utf-8", "replace").rstrip("\r").lstrip("\ufeff")
         if line.strip() and not line.startswith("#"):
             return Peek(path, False, tuple(c.strip().strip('"') for c in line.split(sep)))
     return Peek(path, False)
