@@ -97,6 +97,17 @@ class RaggedBags:
             mm.madvise(mmap.MADV_DONTNEED)
 
 
+def slide_features(wd: Workdir, encoder: str, group: Any, slide_id: str, n: int, views: int,
+                   dim: int) -> np.ndarray:
+    """One slide's ``(views+, n, dim)`` features, checked against what the index says."""
+    arr = np.asarray(stores.member(group, slide_id)[...])
+    if arr.shape[1] != n or arr.shape[2] != dim or arr.shape[0] < views:
+        raise ArtifactError(f"slide {slide_id} has features {arr.shape}, the index says "
+                            f"({views}+, {n}, {dim})", path=wd.features_zarr(encoder),
+                            fix=f"re-run `brcatool embed -w {wd.root} --overwrite`")
+    return arr
+
+
 def _key(encoder: str, identity: dict[str, Any], slides: list[tuple[str, int]], manifest: Path) -> str:
     man = artifacts.read_json(manifest) if manifest.is_file() else {}
     blob = json.dumps({"encoder": encoder, "identity": identity, "slides": slides,
@@ -128,13 +139,7 @@ def load_bags(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[int, 
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(V, max(total, 1), D))
             at = 0
             for sid, n in order:
-                arr = np.asarray(stores.member(group, sid)[...]) if hasattr(stores, "member") \
-                    else np.asarray(group[sid][...])
-                if arr.shape[1] != n or arr.shape[2] != D or arr.shape[0] < V:
-                    raise ArtifactError(f"slide {sid} has features {arr.shape}, the index says "
-                                        f"({V}+, {n}, {D})",
-                                        path=wd.features_zarr(encoder),
-                                        fix=f"re-run `brcatool embed -w {wd.root} --overwrite`")
+                arr = slide_features(wd, encoder, group, sid, n, V, D)
                 out[:, at:at + n] = arr[:V]
                 at += n
                 del arr

@@ -19,6 +19,7 @@ import numpy as np
 
 from brcatool import artifacts, outputs, stores
 from brcatool.artifacts import Workdir
+from brcatool.bags import RaggedBags, load_bags, slide_features
 from brcatool.errors import ArtifactError, InputError
 from brcatool.ids import parse_barcode
 from brcatool.splits import (  # noqa: F401 - the split lives in splits.py; importable from here too
@@ -44,7 +45,8 @@ class Cohort:
     genes: list[str]
     expression: np.ndarray  # (P, G) float32, zeros where has_expr is False
     has_expr: np.ndarray  # (P,) bool
-    features: np.ndarray | None  # (P, V, N, D) float16/32 or None when images were not loaded
+    # (P, V, N, D) float16/32, or ragged bags of the same shape (big cohorts), or None (no images)
+    features: np.ndarray | RaggedBags | None
     mask: np.ndarray  # (P, N) bool: valid patch positions
     has_img: np.ndarray  # (P,) bool
     slide_ids: list[str]  # slide names; patch_slide indexes into it
@@ -154,9 +156,13 @@ def encoder_identity(wd: Workdir, encoder: str) -> dict[str, Any]:
             "dim": int(params["dim"]), "views": int(params.get("views", 1))}
 
 
+RAGGED_BYTES = 2 << 30  # a dense feature array above this is held as ragged bags instead
+
+
 def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: bool = True,
                 expression: bool = True, dtype: Any = np.float16, progress: bool = False,
-                slide_types: Sequence[str] | None = None, keep_all_samples: bool = False) -> Cohort:
+                slide_types: Sequence[str] | None = None, keep_all_samples: bool = False,
+                ragged: bool | None = None) -> Cohort:
     """Join labels, expression and patch features by patient.
 
     ``images=False`` skips reading the feature store (gene-only models); the index still tells
@@ -164,6 +170,9 @@ def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: 
     barcodes join a patient's bag only when primary tumour (sample type 01; all sample types with
     ``keep_all_samples``) and of a slide type in ``slide_types`` (default DX, TS, BS); what was
     left out is counted in ``Cohort.left_out``. Other slide names always join.
+
+    ``ragged`` holds the features as ``bags.RaggedBags`` (memory-mapped, never padded to the largest
+    patient); ``None`` chooses it when the dense array would exceed ``RAGGED_BYTES``.
     """
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     if wd.labels_table.exists() and not wd.stage_manifest("prep-expr").exists():
@@ -252,8 +261,12 @@ def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: 
 
     features = None
     if images and enc_name is not None:
-        features = _read_features(wd, enc_name, per_patient, slide_ids, identity, n_max, P, dtype,
-                                  progress)
+        dense_bytes = P * identity["views"] * n_max * identity["dim"] * np.dtype(dtype).itemsize
+        if ragged or (ragged is None and dense_bytes > RAGGED_BYTES):
+            features = load_bags(wd, enc_name, per_patient, slide_ids, identity, P, progress=progress)
+        else:
+            features = _read_features(wd, enc_name, per_patient, slide_ids, identity, n_max, P, dtype,
+                                      progress)
     return Cohort(root=wd.root, task=str(tasks[0]), classes=classes, patient_ids=pids,
                   targets=targets, genes=genes, expression=expr, has_expr=has_expr,
                   features=features, mask=mask, has_img=has_img, slide_ids=slide_ids,
@@ -313,12 +326,7 @@ def _read_features(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[
         for p, items in per_patient.items():
             at = 0
             for k, n in items:
-                arr = np.asarray(stores.member(group, slide_ids[k])[...])
-                if arr.shape[1] != n or arr.shape[2] != D or arr.shape[0] < V:
-                    raise ArtifactError(
-                        f"slide {slide_ids[k]} has features {arr.shape}, the index says "
-                        f"({V}+, {n}, {D})", path=wd.features_zarr(encoder),
-                        fix=f"re-run `brcatool embed -w {wd.root} --overwrite`")
+                arr = slide_features(wd, encoder, group, slide_ids[k], n, V, D)
                 out[p, :, at:at + n] = arr[:V]
                 at += n
                 bar.advance(task)

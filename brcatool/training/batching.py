@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from brcatool.bags import RaggedBags
 from brcatool.cohort import Cohort
 from brcatool.errors import ArtifactError, InputError
 
@@ -41,8 +42,10 @@ class Batcher:
         if image:
             if cohort.features is None:
                 raise ArtifactError("image features were not loaded", path=cohort.root)
-            feats = torch.from_numpy(cohort.features)
-            self.feats = feats.to(device) if device.type == "cuda" else feats
+            self.bags = cohort.features if isinstance(cohort.features, RaggedBags) else None
+            if self.bags is None:
+                feats = torch.from_numpy(cohort.features)
+                self.feats = feats.to(device) if device.type == "cuda" else feats
             self.mask = torch.from_numpy(cohort.mask)
             self.views = int(cohort.features.shape[1])
 
@@ -69,10 +72,21 @@ class Batcher:
             else:
                 view = torch.zeros((b, n), dtype=torch.long)
             pos = torch.arange(n)[None, :].expand(b, n)
-            src = it.to(self.feats.device)
-            feats = self.feats[src[:, None], view.to(self.feats.device), pos.to(self.feats.device)]
+            cols = None
+            if self.bags is not None:
+                if self.bag_size and n > self.bag_size:  # read only the drawn patches
+                    keep = int(mask.sum(1).max())
+                    cols = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :keep]
+                    mask, view, pos = mask.gather(1, cols), view.gather(1, cols), cols
+                feats = torch.from_numpy(self.bags.gather(idx, view.numpy(), pos.numpy(), mask.numpy()))
+                self.bags.release()  # the pages just read leave this process: RSS stays ~ a batch
+            else:
+                src = it.to(self.feats.device)
+                feats = self.feats[src[:, None], view.to(self.feats.device), pos.to(self.feats.device)]
             if generator is not None and patch_dropout > 0:
                 drop = torch.rand((b, n), generator=generator) < patch_dropout
+                if cols is not None:  # the same draws as the dense path, for the kept columns
+                    drop = drop.gather(1, cols)
                 kept = mask & ~drop
                 mask = torch.where(kept.any(1, keepdim=True), kept, mask)  # keep >= 1 patch
             out["feats"] = feats.to(dev, non_blocking=nb).float()
