@@ -1,32 +1,48 @@
-"""Benchmark `embed`: patches/s of run_embed over a Zarr patch store vs a bare forward pass.
+"""Benchmark `embed`: img/s of run_embed over a Zarr patch store vs the bare model, same run.
 
-The limit is the same model, batch size, precision and channels_last layout on an in-memory,
-already-normalised tensor on the device: what the CNN alone can do. The ratio says how much the
-stage (Zarr reads in worker processes, host->device copies, normalisation, feature writes) costs.
+Per encoder and precision, ``--repeats`` interleaved rounds of three runs each:
+- bare: the same model, batch size, precision and channels_last layout on an in-memory,
+  already-normalised tensor on the device (what the network alone can do);
+- embed: ``run_embed`` end to end (Zarr reads in worker processes, host->device copies, resize,
+  normalisation, feature writes); its steady rate (after the first batch) is compared with bare;
+- pipeline: ``run_embed`` with the network replaced by a null encoder of the same output size:
+  the host-side pipeline's own ceiling, which must be well above the model's speed.
+min / median / max over the rounds and the load average before and after are printed.
 
-    python benchmarks/bench_embed.py                          # 1,000 patches of 256 px, CPU
-    python benchmarks/bench_embed.py --patches 200 --precisions fp32
-    python benchmarks/bench_embed.py --device cuda --patches 20000 --batch-size 256
+    python benchmarks/bench_embed.py                                   # resnet50 + ViT-L (UNI), CPU
+    python benchmarks/bench_embed.py --encoders resnet50 --patches 200 --precisions fp32
+    python benchmarks/bench_embed.py --device cuda --patches 20000 --vit-patches 20000
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 
-def bare_forward(encoder: str, *, device: str, precision: str, batch: int, size: int,
-                 patches: int) -> float:
+def null_encoder(spec):
+    """A network with ``spec``'s output size that does no work: (B, 3, H, W) -> (B, dim)."""
+    from torch import nn
+
+    class Null(nn.Module):
+        def forward(self, x):
+            return x[:, :1, 0, 0].expand(x.shape[0], spec.dim)  # a view: no copy of the batch
+
+    return Null()
+
+
+def bare_forward(spec, *, device: str, precision: str, batch: int, size: int, patches: int) -> float:
     """Images/s of the model alone over ``patches`` images (after one warm-up batch)."""
     import torch
 
-    from brcatool.encoders import build_encoder, get_encoder, resolve_weights
+    from brcatool.encoders import build_encoder, resolve_weights
 
     torch.backends.cudnn.benchmark = True  # as run_embed does
-    spec = get_encoder(encoder)
     model = build_encoder(spec, resolve_weights(spec, "random", seed=0)).to(
         device, memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -63,60 +79,98 @@ def reader_only(wd, *, batch: int, workers: int) -> float:
     return (n - batch) / (time.perf_counter() - t)
 
 
+def _store(root: Path, patches: int, size: int, per_slide: int):
+    from brcatool.artifacts import Workdir
+    from brcatool.synth.patches import make_patch_workdir
+
+    wd = Workdir(root)
+    if not wd.patches_table.exists():
+        t = time.perf_counter()
+        full, rest = divmod(patches, per_slide)
+        counts = [per_slide] * full + ([rest] if rest else [])
+        make_patch_workdir(root, slides=len(counts), patches=counts, size=size, seed=0,
+                           unique=min(patches, 256))
+        print(f"store: {patches} patches of {size} px in {len(counts)} slides "
+              f"({time.perf_counter() - t:.1f} s to write) at {root}")
+    return wd
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):8.1f} {statistics.median(values):8.1f} {max(values):8.1f}"
+
+
+def bench_encoder(name: str, wd, *, device: str, precisions: list[str], repeats: int, batch_size: int | None,
+                  num_workers: int | None, bare_patches: int) -> None:
+    from brcatool.embedding import EmbedConfig, _segments, loader_defaults, run_embed
+    from brcatool.encoders import get_encoder, register
+    from brcatool.encoders.preprocess import plan_input
+
+    spec = get_encoder(name)
+    null = register(dataclasses.replace(spec, name=f"null-{spec.name}", family="custom",
+                                        make=null_encoder, big=False))
+    size = plan_input(spec, _segments(wd).patch_size, None).size
+    batch, workers = loader_defaults(device, EmbedConfig(batch_size=batch_size, num_workers=num_workers),
+                                     spec)
+    print(f"\n{spec.name} ({spec.dim}-d, input {size} px), batch {batch}, {workers} reader workers, "
+          f"{repeats} interleaved rounds; img/s as min / median / max")
+    print(f"{'precision':>9} | {'bare':^26} | {'embed (steady)':^26} | {'ratio':>5} | "
+          f"{'pipeline, null model':^26} | load avg")
+    for precision in precisions:
+        bare, emb, pipe = [], [], []
+        load0 = os.getloadavg()[0]
+        for _ in range(repeats):
+            bare.append(bare_forward(spec, device=device, precision=precision, batch=batch, size=size,
+                                     patches=bare_patches))
+            for target, out in ((spec, emb), (null, pipe)):
+                cfg = EmbedConfig(encoder=target.name, weights="random", device=device, precision=precision,
+                                  batch_size=batch, num_workers=num_workers, overwrite=True)
+                out.append(run_embed(wd, cfg, progress=False).steady_patches_per_s)
+        ratio = statistics.median(emb) / statistics.median(bare)
+        print(f"{precision:>9} | {_spread(bare)} | {_spread(emb)} | {ratio:5.2f} | {_spread(pipe)} | "
+              f"{load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patches", type=int, default=1000)
+    ap.add_argument("--encoders", default="resnet50,uni",
+                    help="comma-separated; uni is the ViT-L/16 row (random weights, timm)")
+    ap.add_argument("--patches", type=int, default=1000, help="patches in the store (CNN rows)")
+    ap.add_argument("--vit-patches", type=int, default=None,
+                    help="patches for ViT rows (default: --patches on CUDA, 48 on CPU)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--per-slide", type=int, default=100)
-    ap.add_argument("--encoder", default="resnet50")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--bare-fraction", type=float, default=0.25,
-                    help="share of --patches run through the bare model, before and after the stage")
-    ap.add_argument("--workdir", type=Path, default=None, help="reuse/keep the store here")
+                    help="share of the store's patches run through the bare model per round")
+    ap.add_argument("--workdir", type=Path, default=None, help="reuse/keep the stores under here")
     args = ap.parse_args()
 
     import torch
 
-    from brcatool.artifacts import Workdir
     from brcatool.devices import resolve_device
-    from brcatool.embedding import EmbedConfig, loader_defaults, run_embed
-    from brcatool.synth.patches import make_patch_workdir
+    from brcatool.embedding import EmbedConfig, loader_defaults
+    from brcatool.encoders import get_encoder
 
     device = resolve_device(args.device)
-    batch, workers = loader_defaults(
-        device, EmbedConfig(batch_size=args.batch_size, num_workers=args.num_workers))
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-embed-"))
-    wd = Workdir(root)
-    if not wd.patches_table.exists():
-        t = time.perf_counter()
-        full, rest = divmod(args.patches, args.per_slide)
-        counts = [args.per_slide] * full + ([rest] if rest else [])
-        make_patch_workdir(root, slides=len(counts), patches=counts, size=args.size, seed=0,
-                           unique=min(args.patches, 256))
-        print(f"store: {args.patches} patches of {args.size} px in {len(counts)} slides "
-              f"({time.perf_counter() - t:.1f} s to write) at {root}")
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="bench-embed-"))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{os.cpu_count()}"
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"encoder {args.encoder}, batch {batch}")
-    print(f"reader alone ({workers} workers): {reader_only(wd, batch=batch, workers=workers):.1f} img/s")
-    n_bare = max(batch, int(args.patches * args.bare_fraction))
-    print(f"{'precision':>9} | {'bare img/s':>10} | {'embed img/s':>11} | {'ratio':>5} | "
-          f"{'steady img/s':>12} | {'ratio':>5} | {'end-to-end s':>12}")
-    for precision in args.precisions.split(","):
-        kw = dict(device=device, precision=precision, batch=batch, size=args.size, patches=n_bare)
-        before = bare_forward(args.encoder, **kw)
-        cfg = EmbedConfig(encoder=args.encoder, weights="random", device=device, precision=precision,
-                          batch_size=batch, num_workers=args.num_workers, overwrite=True)
-        res = run_embed(wd, cfg, progress=False)
-        after = bare_forward(args.encoder, **kw)
-        bare = (before + after) / 2
-        print(f"{precision:>9} | {bare:>10.1f} | {res.patches_per_s:>11.1f} | "
-              f"{res.patches_per_s / bare:>5.2f} | {res.steady_patches_per_s:>12.1f} | "
-              f"{res.steady_patches_per_s / bare:>5.2f} | {res.seconds:>12.1f}   "
-              f"(bare before/after {before:.1f}/{after:.1f})", flush=True)
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    for enc in args.encoders.split(","):
+        spec = get_encoder(enc)
+        patches = args.patches if not spec.big else (
+            args.vit_patches or (args.patches if device == "cuda" else 48))
+        wd = _store(base / f"store-{patches}", patches, args.size, args.per_slide)
+        batch, workers = loader_defaults(device, EmbedConfig(batch_size=args.batch_size,
+                                                             num_workers=args.num_workers), spec)
+        print(f"reader alone ({workers} workers, batch {batch}): "
+              f"{reader_only(wd, batch=batch, workers=workers):.1f} img/s")
+        bench_encoder(enc, wd, device=device, precisions=args.precisions.split(","), repeats=args.repeats,
+                      batch_size=args.batch_size, num_workers=args.num_workers,
+                      bare_patches=max(batch, int(patches * args.bare_fraction)))
 
 
 if __name__ == "__main__":

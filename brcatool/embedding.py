@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,10 @@ from brcatool import artifacts, stores
 from brcatool.artifacts import Workdir
 from brcatool.devices import resolve_device, resolve_precision
 from brcatool.encoders.augment import JITTER, Macenko, augment, view_params
+from brcatool.encoders.preprocess import Preprocess, plan_input
 from brcatool.encoders.registry import get_encoder
+from brcatool.encoders.runtime import cpu_estimate, default_batch, seconds_per_image
+from brcatool.encoders.spec import EncoderSpec
 from brcatool.encoders.weights import build_encoder, resolve_weights
 from brcatool.errors import ArtifactError, InputError
 
@@ -98,15 +102,15 @@ class EmbedConfig:
     """Options of `brcatool embed` (defaults match the CLI)."""
 
     encoder: str = "resnet50"
-    weights: str = "imagenet"  # imagenet | imagenet:<ENUM MEMBER> | random | PATH
-    input_size: int | None = None  # None: the patch size (no resize)
+    weights: str = "imagenet"  # imagenet | imagenet:<ENUM MEMBER> | hf:ORG/NAME[/FILE] | random | PATH
+    input_size: int | None = None  # None: the patch size (no resize); foundation models: their card's
     stain_norm: str = "none"  # none | macenko
     stain_ref: Path | None = None  # reference image; default: the most tissue-rich patch
     views: int = 1
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int | None = None  # None: 256 on CUDA, 32 on CPU
+    batch_size: int | None = None  # None: 256 on CUDA, 32 on CPU (less for ViT-L/H/g, per encoder)
     num_workers: int | None = None  # None: min(8, CPUs) on CUDA, 1 on CPU (cores go to the CNN)
     overwrite: bool = False
 
@@ -137,9 +141,10 @@ class _PatchIndex:
     reference: Callable[[], np.ndarray]  # reads the most-tissue patch (stain reference) on demand
 
 
-def loader_defaults(device: str, cfg: EmbedConfig) -> tuple[int, int]:
-    """(batch size, DataLoader workers): the config's values, else the defaults for ``device``."""
-    bs = cfg.batch_size or (256 if device == "cuda" else 32)
+def loader_defaults(device: str, cfg: EmbedConfig, spec: EncoderSpec | None = None) -> tuple[int, int]:
+    """(batch size, DataLoader workers): the config's values, else the defaults for ``device``
+    (and the encoder's size)."""
+    bs = cfg.batch_size or default_batch(spec, device)
     workers = cfg.num_workers if cfg.num_workers is not None else (
         min(8, os.cpu_count() or 1) if device == "cuda" else 1)
     return bs, workers
@@ -195,7 +200,9 @@ def _stain(cfg: EmbedConfig, reference: Callable[[], np.ndarray]) -> Macenko | N
 
 
 class _SlideSink:
-    """Collects batches (which may straddle slides) and writes each slide as soon as it is full."""
+    """Collects batches (which may straddle slides); each full slide is checked and written in a
+    background thread while the next batches compute (one write in flight: memory stays bounded).
+    A context manager: leaving it waits for the last write and re-raises its error."""
 
     def __init__(self, wd: Workdir, encoder: str, segments: list[tuple[str, int]], views: int,
                  dim: int, attrs: dict[str, Any]):
@@ -203,6 +210,24 @@ class _SlideSink:
         self.todo = iter(segments)
         self.views, self.dim = views, dim
         self.slide, self.n, self.filled, self.buf = "", 0, 0, np.empty(0)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="embed-write")
+        self.pending: Future | None = None
+
+    def __enter__(self) -> _SlideSink:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if self.pending is not None and exc_type is None:
+                self.pending.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def _write(self, slide: str, buf: np.ndarray) -> None:
+        if not np.isfinite(buf).all():
+            raise ArtifactError(f"non-finite features for slide {slide}",
+                                path=self.wd.features_dir(self.encoder), fix="try --precision fp32")
+        stores.write_features(self.wd, self.encoder, slide, buf, attrs=self.attrs)
 
     def add(self, feats: torch.Tensor, ready: Any = None) -> int:
         if ready is not None:
@@ -217,11 +242,9 @@ class _SlideSink:
             self.buf[:, self.filled:self.filled + take] = out[:, pos:pos + take]
             self.filled, pos = self.filled + take, pos + take
             if self.filled == self.n:
-                if not np.isfinite(self.buf).all():
-                    raise ArtifactError(f"non-finite features for slide {self.slide}",
-                                        path=self.wd.features_dir(self.encoder),
-                                        fix="try --precision fp32")
-                stores.write_features(self.wd, self.encoder, self.slide, self.buf, attrs=self.attrs)
+                if self.pending is not None:
+                    self.pending.result()  # the previous slide's write (and its error, if any)
+                self.pending = self.pool.submit(self._write, self.slide, self.buf)
         return out.shape[1]
 
 
@@ -259,7 +282,6 @@ def _progress(enabled: bool):
 def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) -> EmbedResult:
     """Embed every slide of the patch store with ``cfg.encoder``; resume slides already done."""
     import torch
-    import torch.nn.functional as F
     from rich.console import Console
 
     from brcatool.config import write_yaml
@@ -279,7 +301,8 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
     segments, patients, patch_size = index.segments, index.patients, index.patch_size
     weights = resolve_weights(spec, cfg.weights, seed=cfg.seed)
     stain = _stain(cfg, index.reference)
-    input_size = spec.fixed_input or cfg.input_size or patch_size
+    plan = plan_input(spec, patch_size, cfg.input_size)
+    input_size = plan.size
     params: dict[str, Any] = {
         "encoder": spec.name, "weights": weights.identity, "dim": spec.dim, "views": cfg.views,
         "input_size": input_size, "patch_size": patch_size,
@@ -291,6 +314,8 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
         "dtype": "float16", "precision": precision,
         "tile": _tile_params_hash(wd),  # re-tiled with other settings -> these features are stale
     }
+    if spec.family != "torchvision":  # (torchvision encoders: a resize to input_size, as always)
+        params.update(preprocess=plan.describe(), output=spec.output)
     fdir = wd.features_dir(spec.name)
     manifest_path = fdir / "manifest.json"
     if cfg.overwrite and fdir.exists():
@@ -303,7 +328,7 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
     if weights.source == "random":
         Console(stderr=True).print(
             f"[bold yellow]warning:[/] {spec.name} uses RANDOM weights (seed {cfg.seed}); features "
-            "are only good for tests and demos. Use --weights imagenet or --weights PATH.")
+            "are only good for tests and demos. Use --weights imagenet, hf:ORG/NAME or PATH.")
 
     phash = _params_hash(params)
     existing = set(stores.feature_slides(wd, spec.name))
@@ -312,24 +337,27 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
             and group[s].attrs.get("params_hash") == phash and group[s].shape == (cfg.views, n, spec.dim)}
     todo = [(s, n) for s, n in segments if s not in done]
 
-    bs, workers = loader_defaults(device, cfg)
+    bs, workers = loader_defaults(device, cfg, spec)
     total = sum(n for _, n in todo)
     loop_start = first_at = time.perf_counter()
     first_n = 0
     if todo:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         model = build_encoder(spec, weights, seed=cfg.seed).to(device, memory_format=torch.channels_last)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if device == "cpu" and spec.big:  # a ViT-L/H/g on a CPU: say how long before starting
+            cast = torch.autocast("cpu", dtype=amp) if amp is not None else None
+            Console(stderr=True).print("[bold yellow]note:[/] " + cpu_estimate(
+                spec, total, cfg.views, seconds_per_image(model, input_size, autocast=cast)))
         loop_start = time.perf_counter()
         data = PatchBatches(wd.root, todo, bs, views=cfg.views, seed=cfg.seed, stain=stain)
         loader = torch.utils.data.DataLoader(
             data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device == "cuda",
             worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None)
-        mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        sink = _SlideSink(wd, spec.name, todo, cfg.views, spec.dim, {"params_hash": phash})
+        pre = Preprocess(spec, plan, device)
         prev = None
-        with _progress(progress) as bar, torch.inference_mode(), \
+        with _SlideSink(wd, spec.name, todo, cfg.views, spec.dim, {"params_hash": phash}) as sink, \
+                _progress(progress) as bar, torch.inference_mode(), \
                 torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
             task = bar.add_task(f"{spec.name} ({device}, {precision})", total=total)
             for batch in loader:
@@ -346,11 +374,7 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                 feats = []
                 for v in range(cfg.views):
                     xv = x if v == 0 else augment(x, aug[v - 1])
-                    if xv.shape[-1] != input_size:
-                        xv = F.interpolate(xv, size=(input_size, input_size), mode="bilinear",
-                                           antialias=True, align_corners=False)
-                    xv = ((xv - mean) / std).contiguous(memory_format=torch.channels_last)
-                    feats.append(model(xv).float())
+                    feats.append(model(pre(xv)).float())
                 # copy back without waiting; the previous batch is stored while this one computes
                 host = torch.stack(feats)[:, :b].to(torch.float16).to("cpu", non_blocking=True)
                 done_evt = torch.cuda.Event() if device == "cuda" else None

@@ -25,12 +25,16 @@ def embed(
     encoder: Annotated[str, typer.Option(
         "--encoder", "-e",
         help="Encoder: resnet50 (2048-d), resnet50-trunc (layer3, 1024-d), resnet18, resnet34, "
-        "efficientnet_b0, mobilenet_v3_large, or another torchvision classifier (densenet121, "
-        "convnext_tiny, vit_b_16, ...).")] = "resnet50",
+        "efficientnet_b0, mobilenet_v3_large, another torchvision classifier (densenet121, "
+        "convnext_tiny, vit_b_16, ...); pathology foundation models uni (1024-d), uni2-h (1536-d), "
+        "virchow2 (2560-d), h-optimus-0 (1536-d), prov-gigapath (1536-d); or timm:<model-name>."
+    )] = "resnet50",
     weights: Annotated[str, typer.Option(
         "--weights",
-        help="imagenet (torchvision weights, from the TORCH_HOME cache), PATH (a state_dict file) "
-        "or random (seeded; tests and offline demos only).")] = "imagenet",
+        help="imagenet (torchvision weights, from the TORCH_HOME cache), hf:ORG/NAME[/FILE] (Hugging "
+        "Face cache, HF_HOME; downloads unless HF_HUB_OFFLINE=1; gated models need HF_TOKEN), PATH "
+        "(.bin/.pth/.safetensors state_dict) or random (seeded; tests and offline demos only)."
+    )] = "imagenet",
     input_size: Annotated[int | None, typer.Option(
         "--input-size", help="Resize patches to this many px (default: the patch size, no resize).")] = None,
     stain_norm: Annotated[str, typer.Option(
@@ -46,7 +50,8 @@ def embed(
         "--precision", help="auto (bf16 where the CPU/GPU has it natively, else fp32), fp32, bf16, "
         "fp16.")] = "auto",
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", min=1, help="Patches per forward pass (default 256 on CUDA, 32 on CPU).")] = None,
+        "--batch-size", min=1, help="Patches per forward pass (default 256 on CUDA, 32 on CPU; "
+        "less for ViT-L/H/g foundation models).")] = None,
     num_workers: Annotated[int | None, typer.Option(
         "--num-workers", min=0,
         help="DataLoader reader processes (default: min(8, CPUs) on CUDA, 1 on CPU).")] = None,
@@ -55,7 +60,7 @@ def embed(
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Encode every patch with a CNN into features/<encoder>/features.zarr (resumable per slide)."""
+    """Encode every patch with an encoder into features/<encoder>/features.zarr (resumable per slide)."""
     from rich.table import Table
 
     from brcatool.embedding import EmbedConfig, run_embed

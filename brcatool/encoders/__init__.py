@@ -1,7 +1,8 @@
-"""Encoders for the embed stage: registry, torchvision models, weights, stain/augment transforms.
+"""Encoders for the embed stage: registry, torchvision and timm/foundation models, weights
+(TORCH_HOME, Hugging Face cache, local files), input preprocessing and stain/augment transforms.
 
-Add one with ``register(EncoderSpec(...))``; ``get_encoder(name)`` finds registered and
-unregistered (any torchvision classifier) names.
+Add one with ``register(EncoderSpec(...))``; ``get_encoder(name)`` also finds ``timm:<model>``
+and any torchvision classifier by name.
 """
 
 from brcatool.encoders.registry import REGISTRY, get_encoder, register

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from brcatool.encoders import foundation
 from brcatool.encoders import torchvision as tv
 from brcatool.encoders.spec import EncoderSpec
 from brcatool.errors import InputError
@@ -14,17 +15,17 @@ def register(spec: EncoderSpec) -> EncoderSpec:
     return spec
 
 
-for _spec in tv.SPECS:
+for _spec in (*tv.SPECS, *foundation.SPECS):
     register(_spec)
 
 
 def get_encoder(name: str) -> EncoderSpec:
-    """The registered spec, or any torchvision classification model with a Linear head."""
+    """The registered spec, ``timm:<model-name>``, or any torchvision classifier with a Linear head."""
     if name in REGISTRY:
         return REGISTRY[name]
-    spec = tv.lookup(name)
+    spec = foundation.lookup(name) or tv.lookup(name)
     if spec is not None:
         return spec
     raise InputError(f"unknown encoder {name!r}",
-                     fix=f"use one of: {', '.join(REGISTRY)} (or another torchvision "
-                     "classification model name, e.g. resnet101)")
+                     fix=f"use one of: {', '.join(REGISTRY)}, timm:<model-name> (any timm model), "
+                     "or another torchvision classification model name, e.g. resnet101")
