@@ -382,3 +382,17 @@ def test_cli_reads_a_gdc_folder(tmp_path, gdc):
                                    "-w", str(tmp_path / "w2")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert [ln for ln in res.output.splitlines() if ln.strip()][0].startswith("error")
+
+
+def test_gdc_sheet_rows_of_other_files_or_several_samples(tmp_path, gdc):
+    root, sheet, _ = gdc
+    suffix = ".rna_seq.augmented_star_gene_counts.tsv"
+    _star(root / "5c5c" / f"5c5c-uuid{suffix}", [1, 1, 1, 1, 0], [1, 1, 1, 1, 0])
+    sheet.write_text(sheet.read_text()
+                     + _sheet_row("5c5c", f"5c5c-uuid{suffix}", f"{C}-01A, {C}-11A") + "\n"
+                     + _sheet_row("6d6d", "TCGA-A1-A0SB-01Z-00-DX1.svs", f"{A}-01Z") + "\n")  # a slide row
+    table, _ = read_source(root, "gdc", ReadOptions(sample_sheet=sheet))
+    assert table.dropped["gdc_files_with_several_samples"] == 1
+    assert table.dropped["gdc_sheet_rows_without_file"] == 1  # only the STAR-count row 9f9f, not the slide
+    assert f"{C}-01A" not in table.samples
+    assert any("list several samples" in n for n in table.notes)
