@@ -3,12 +3,16 @@
 Each model is an ordinary run (``runs/ablate-<name>-<model>/``, so ``evaluate`` works on it),
 trained by ``training.run_train`` and scored by ``evaluation.run_evaluate``. The comparison
 lands in ``ablations/<name>/``: ``summary.parquet`` (schema "summary"), ``summary.md``,
-``metrics.png``, ``config.yaml`` and ``manifest.json``.
+``metrics.png``, ``null.parquet`` (with ``--sanity``), ``config.yaml`` and ``manifest.json``.
 
-Differences are paired by fold (same patients in the same fold for both models) against the
-best unimodal model (gene or image, highest fold-mean PR-AUC). Sanity checks re-run the chosen
-fusion with labels permuted across patients (should score near chance) and with image bags
-shuffled across patients (how much the images add).
+Every model is scored on the common patients (those every compared model can use), so the rows
+and their differences describe the same people. Cells are pooled out-of-fold values with a
+patient bootstrap CI; the fold mean ± sd is a separate table. Differences to the best unimodal
+model (gene or image, highest pooled PR-AUC) are paired: per fold (mean ± sd, with the
+Nadeau-Bengio corrected resampled t-test over the R x K folds) and pooled (paired patient
+bootstrap CI). Sanity checks re-run the chosen fusion with labels permuted (one run, plus
+``permutations`` cheap re-fits giving the empirical p-value of the real score) and with image bags
+shuffled among the patients that have images, within folds (what the pairing adds).
 """
 
 from __future__ import annotations
@@ -23,17 +27,17 @@ from typing import Any
 import numpy as np
 
 from brcatool import artifacts, config
+from brcatool.ablation_report import LABELS, TABLE_METRICS, markdown, summary_table
 from brcatool.artifacts import Manifest, Workdir
+from brcatool.comparison import common_patients, empirical_p, paired, restrict, scores
 from brcatool.errors import ArtifactError, InputError
+from brcatool.splits import splits_path
 from brcatool.training import TrainConfig, TrainSettings
 
 DEFAULT_FUSIONS = ("gene", "image", "concat", "late", "xattn")
 UNIMODAL = ("gene", "image")
-SUMMARY_METRICS = ("f1", "pr_auc", "roc_auc", "mcc", "balanced_accuracy", "brier")
-TABLE_METRICS = ("f1", "pr_auc", "roc_auc", "mcc")
-LABELS = {"f1": "F1", "pr_auc": "PR-AUC", "roc_auc": "ROC-AUC", "mcc": "MCC",
-          "balanced_accuracy": "bal. acc.", "brier": "Brier"}
 SANITY_KINDS = ("permuted-labels", "shuffled-images")
+NULL_METRICS = ("roc_auc", "pr_auc", "f1", "mcc")
 
 
 @dataclass
@@ -44,6 +48,7 @@ class AblateConfig(TrainSettings):
     aggregators: list[str] = field(default_factory=lambda: ["abmil"])
     sanity: bool = False
     sanity_fusion: str | None = None  # default: xattn when run, else the last fusion
+    permutations: int = 20  # --sanity: label permutations for the null distribution
     name: str = "default"
     bootstrap: int = 1000
     plots: bool = True  # the ablation bar chart
@@ -67,6 +72,9 @@ class AblateConfig(TrainSettings):
             raise InputError(f"--name {self.name!r} is not a usable folder name")
         if self.bootstrap < 0:
             raise InputError("--bootstrap must be >= 0")
+        if self.permutations < 0:
+            raise InputError("--permutations must be >= 0")
+        self.check_shared()
 
     def params(self) -> dict[str, Any]:
         d = config.to_dict(self)
@@ -102,6 +110,8 @@ class AblateResult:
     notes: list[str] = field(default_factory=list)
     split_sha256: str = ""
     seconds: float = 0.0
+    n_common: int = 0  # patients every model is scored on
+    null: dict[str, Any] = field(default_factory=dict)  # --sanity: the label-permutation null
 
 
 def model_specs(cfg: AblateConfig) -> list[ModelSpec]:
@@ -151,7 +161,8 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
         """One cohort with every modality some model uses, read once and only when needed."""
         if not loaded:
             loaded.append(load_cohort(wd, encoder=cfg.encoder, images=any(k.uses_image for k in kinds),
-                                      expression=any(k.uses_gene for k in kinds), progress=progress))
+                                      expression=any(k.uses_gene for k in kinds), progress=progress,
+                                      **cfg.slide_filter()))
         return loaded[0]
 
     def evaluate(spec: ModelSpec) -> None:
@@ -162,7 +173,7 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
         if console:
             m, sd = ev.fold_mean, ev.fold_sd
             console.print(f"  {spec.label}: PR-AUC {m['pr_auc']:.3f} ± {sd['pr_auc']:.3f}, "
-                          f"F1 {m['f1']:.3f} ± {sd['f1']:.3f} ({spec.run})")
+                          f"F1 {m['f1']:.3f} ± {sd['f1']:.3f} ({spec.run}, own patients)")
 
     for i, spec in enumerate(specs, 1):
         if console:
@@ -170,17 +181,37 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
         tcfg = cfg.train_config(spec.fusion, spec.aggregator, spec.run)
         run_train(wd, tcfg, progress=progress, cohort=None if is_finished(wd, tcfg) else full_cohort())
         evaluate(spec)
+    null: dict[str, Any] = {}
     if cfg.sanity:
         # trains one check at a time and yields it
         for spec in _sanity(wd, cfg, list(specs), notes, console, progress, full_cohort):
             specs.append(spec)
             evaluate(spec)
-    split_sha = check_identical_splits(wd, [s.run for s in specs])
-    ref = best_unimodal(specs, evals)
+    split_sha = check_identical_splits(wd, cfg, [s.run for s in specs])
+    classes = next(iter(evals.values())).classes
+    oofs = {s.label: artifacts.read_parquet(wd.run_dir(s.run) / "oof.parquet", schema="oof", made_by="train")
+            for s in specs}
+    common = common_patients(oofs)
+    if not common:
+        raise ArtifactError("no patient is usable by every compared model", path=wd.root,
+                            fix="compare fusions whose modalities overlap, or use --missing mask")
+    scored = {label: scores(restrict(t, common), classes, n_boot=cfg.bootstrap, seed=cfg.seed)
+              for label, t in oofs.items()}
+    dropped = {label: int(t["patient_id"].n_unique()) - len(common) for label, t in oofs.items()}
+    if any(dropped.values()):
+        notes.append(f"every model is scored on the {len(common)} patients all models can use ("
+                     + ", ".join(f"{label} left out {n}" for label, n in dropped.items() if n) + ")")
+    ref = best_unimodal(specs, scored)
     if ref is None:
         notes.append("no unimodal model (gene or image) in --fusions: no paired differences")
-    summary = summary_table(specs, evals, ref)
-    md = markdown(summary, cfg, ref, evals, notes)
+    pairs = {s.label: paired(scored[s.label], scored[ref], restrict(oofs[s.label], common),
+                             restrict(oofs[ref], common), common, classes, folds=cfg.folds,
+                             n_boot=cfg.bootstrap, seed=cfg.seed)
+             for s in specs if ref and s.label != ref}
+    if cfg.sanity and cfg.permutations:
+        null = _label_null(wd, cfg, specs, oofs, classes, console, progress, full_cohort)
+    summary = summary_table(specs, scored, pairs, ref, dropped, null)
+    md = markdown(summary, cfg, ref, evals, notes, null)
     plots: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_parquet(summary, out_dir / "summary.parquet", schema="summary")
@@ -192,19 +223,20 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
         plots.append(P.ablation_bars(
             [r["model"] for r in rows], {LABELS[m]: [r[f"{m}_mean"] for r in rows] for m in TABLE_METRICS},
             {LABELS[m]: [r[f"{m}_sd"] for r in rows] for m in TABLE_METRICS}, out_dir / "metrics.png",
-            title=f"Ablation {cfg.name} (mean ± sd over {cfg.folds} folds)"))
+            title=f"Ablation {cfg.name} (fold mean ± sd, {cfg.folds} folds x {cfg.repeats}, "
+                  f"{len(common)} common patients)"))
     config.write_yaml(cfg, out_dir / "config.yaml")
     manifest = Manifest("ablate", params)
-    manifest.add_input(wd.splits)
+    manifest.add_input(splits_path(wd, cfg.split))
     for s in specs:
         manifest.add_input(wd.run_dir(s.run) / "oof.parquet")
     seconds = time.perf_counter() - t0
-    manifest.write(out_dir / "manifest.json", counts={"models": len(specs)}, name=cfg.name,
-                   runs={s.label: s.run for s in specs}, reference=ref, split_sha256=split_sha,
+    manifest.write(out_dir / "manifest.json", counts={"models": len(specs), "common_patients": len(common)},
+                   name=cfg.name, runs={s.label: s.run for s in specs}, reference=ref, split_sha256=split_sha,
                    seconds=round(seconds, 2))
     return AblateResult(name=cfg.name, out_dir=out_dir, summary=summary, markdown=md, reference=ref,
                         runs={s.label: wd.run_dir(s.run) for s in specs}, plots=plots, notes=notes,
-                        split_sha256=split_sha, seconds=seconds)
+                        split_sha256=split_sha, seconds=seconds, n_common=len(common), null=null)
 
 
 def _console(progress: bool) -> Any:
@@ -215,27 +247,33 @@ def _console(progress: bool) -> Any:
     return Console(stderr=True, highlight=False)
 
 
+def _saved_splits(wd: Workdir, cfg: AblateConfig, cohort: Any) -> Any:
+    from brcatool.splits import get_splits
+
+    splits, _ = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed, by=cfg.split,
+                           site_column=cfg.site_column)
+    return splits
+
+
 def _sanity(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], notes: list[str], console: Any,
             progress: bool, full_cohort: Callable[[], Any]) -> Iterator[ModelSpec]:
-    """The chosen fusion with permuted labels and with image bags shuffled across patients.
+    """The chosen fusion with permuted labels, and with image bags shuffled among the patients that
+    have images within each fold (of every repeat), so only the pairing differs from the real run.
 
     ``full_cohort()`` gives the cohort (loaded at most once, and only if a check needs training).
     """
-    from brcatool.cohort import check_splits, load_splits
     from brcatool.models import FUSIONS
     from brcatool.training import is_finished, run_train
 
     fusion = cfg.chosen_fusion()
     base = next(s for s in specs if s.fusion == fusion)
     kind = FUSIONS.get(fusion)
-    splits = load_splits(wd.require(wd.splits, made_by="train"))
     checked: list[Any] = []
 
-    def cohort() -> Any:
+    def cohort() -> tuple[Any, Any]:
         if not checked:
             c = full_cohort().restrict(gene=kind.uses_gene, image=kind.uses_image)
-            check_splits(splits, c, folds=cfg.folds, repeats=cfg.repeats)
-            checked.append(c)
+            checked.append((c, _saved_splits(wd, cfg, c)))
         return checked[0]
 
     for i, what in enumerate(SANITY_KINDS):
@@ -248,113 +286,90 @@ def _sanity(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], notes: list[
         if console:
             console.print(f"[bold]ablate {cfg.name}[/]: sanity check {spec.label}")
         tcfg = cfg.train_config(fusion, base.aggregator, spec.run)
-        variant = None
+        variant, splits = None, None
         if not is_finished(wd, tcfg):
-            variant = cohort().with_permuted_labels(seed) if what == "permuted-labels" else \
-                cohort().with_shuffled_images(seed)
+            c, splits = cohort()
+            variant = c.with_permuted_labels(seed) if what == "permuted-labels" else \
+                c.with_shuffled_images(seed, groups=splits.fold.T)
         run_train(wd, tcfg, progress=progress, cohort=variant, splits=splits)
         artifacts.write_json(wd.run_dir(spec.run) / "sanity.json",
                              {"kind": what, "seed": seed, "of": base.run,
                               "note": "labels permuted across patients" if what == "permuted-labels"
-                              else "image bags shuffled across patients"})
+                              else "image bags shuffled among patients with images, within folds"})
         yield spec
 
 
-# --------------------------------------------------------------------------- checks and tables
-def check_identical_splits(wd: Workdir, runs: list[str]) -> str:
-    """Every run's out-of-fold fold numbers must equal ``splits.json``; returns the split's sha256."""
-    from brcatool.cohort import load_splits
+def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: dict[str, Any],
+                classes: list[str], console: Any, progress: bool,
+                full_cohort: Callable[[], Any]) -> dict[str, Any]:
+    """The chosen fusion re-fitted on ``cfg.permutations`` label permutations (nothing written but
+    ``null.parquet``, reused while the ablation's parameters match): pooled scores of each, and the
+    empirical p-value of the real run's pooled score on its own patients."""
+    import polars as pl
 
-    splits = load_splits(wd.require(wd.splits, made_by="train"))
+    from brcatool.evaluation import pooled_metrics
+    from brcatool.models import FUSIONS
+    from brcatool.training import oof_only
+
+    fusion = cfg.chosen_fusion()
+    base = next(s for s in specs if s.fusion == fusion and s.kind == "model")
+    path = wd.ablation_dir(cfg.name) / "null.parquet"
+    meta = {"fusion": fusion, "run": base.run, "permutations": cfg.permutations, "params": cfg.params()}
+    table = None
+    if path.is_file() and not cfg.overwrite:
+        old = artifacts.read_parquet(path, schema="summary")
+        if old.height == cfg.permutations and set(old["run"].unique().to_list()) == {base.run}:
+            table = old
+    if table is None:
+        kind = FUSIONS.get(fusion)
+        c = full_cohort().restrict(gene=kind.uses_gene, image=kind.uses_image)
+        splits = _saved_splits(wd, cfg, c)
+        rows = []
+        for i in range(cfg.permutations):
+            seed = cfg.seed * 7919 + 1000 + i
+            if console:
+                console.print(f"[bold]ablate {cfg.name}[/]: label permutation {i + 1}/{cfg.permutations}")
+            tcfg = cfg.train_config(fusion, base.aggregator, f"{base.run}-null-{i}")
+            oof = oof_only(c.with_permuted_labels(seed), splits, tcfg, progress=False)
+            rows.append({"permutation": i, "seed": seed, "run": base.run,
+                         **{m: pooled_metrics(oof, classes)[m] for m in NULL_METRICS}})
+        table = pl.DataFrame(rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_parquet(table, path, schema="summary")  # a table of the ablation's summaries
+    real = pooled_metrics(oofs[base.label], classes)
+    out: dict[str, Any] = {**{k: v for k, v in meta.items() if k != "params"}, "metrics": {}}
+    for m in NULL_METRICS:
+        v = table[m].to_numpy()
+        out["metrics"][m] = {"real": real[m], "null_mean": float(np.nanmean(v)),
+                             "null_q95": float(np.nanquantile(v, 0.95)), "p": empirical_p(real[m], v)}
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+def check_identical_splits(wd: Workdir, cfg: AblateConfig | None, runs: list[str]) -> str:
+    """Every run's out-of-fold fold numbers must equal the saved split; returns its sha256."""
+    from brcatool.splits import load_splits
+
+    by = cfg.split if cfg is not None else "patient"
+    splits = load_splits(wd.require(splits_path(wd, by), made_by="train"))
+    if cfg is not None:
+        splits = splits.head(min(cfg.repeats, splits.repeats))
     pos = {p: i for i, p in enumerate(splits.patient_ids)}
     for run in runs:
         oof = artifacts.read_parquet(wd.run_dir(run) / "oof.parquet", schema="oof", made_by="train")
         for pid, r, k in oof.select("patient_id", "repeat", "fold").iter_rows():
-            if pid not in pos or splits.fold[int(r), pos[pid]] != int(k):
-                raise ArtifactError(f"run {run!r} puts patient {pid} in another fold than splits.json",
+            if pid not in pos or int(r) >= splits.repeats or splits.fold[int(r), pos[pid]] != int(k):
+                raise ArtifactError(f"run {run!r} puts patient {pid} in another fold than {splits.path.name}",
                                     path=wd.run_dir(run), fix="re-run the ablation with --overwrite")
     return splits.sha256()
 
 
-def best_unimodal(specs: list[ModelSpec], evals: dict[str, Any]) -> str | None:
-    """The unimodal model with the highest fold-mean PR-AUC (then ROC-AUC)."""
+def best_unimodal(specs: list[ModelSpec], scored: dict[str, Any]) -> str | None:
+    """The unimodal model with the highest pooled PR-AUC (then ROC-AUC) on the common patients."""
     cands = [s.label for s in specs if s.kind == "model" and s.fusion in UNIMODAL]
 
     def score(label: str) -> tuple[float, float]:
-        m = evals[label].fold_mean
+        m = scored[label].pooled
         return tuple(-math.inf if not np.isfinite(m[k]) else m[k] for k in ("pr_auc", "roc_auc"))
 
     return max(cands, key=score) if cands else None
-
-
-def paired_differences(per_fold: list[dict[str, Any]], ref: list[dict[str, Any]],
-                       metric: str) -> np.ndarray:
-    """model - reference per (repeat, fold) present in both."""
-    theirs = {(f["repeat"], f["fold"]): f[metric] for f in ref}
-    return np.array([f[metric] - theirs[(f["repeat"], f["fold"])] for f in per_fold
-                     if (f["repeat"], f["fold"]) in theirs], dtype=np.float64)
-
-
-def summary_table(specs: list[ModelSpec], evals: dict[str, Any], ref: str | None) -> Any:
-    import polars as pl
-
-    rows = []
-    for s in specs:
-        ev = evals[s.label]
-        row: dict[str, Any] = {"model": s.label, "kind": s.kind, "fusion": s.fusion,
-                               "aggregator": "" if s.fusion == "gene" else s.aggregator, "run": s.run,
-                               "n_patients": ev.n_patients, "folds": len(ev.per_fold),
-                               "reference": ref or ""}
-        for m in SUMMARY_METRICS:
-            lo, hi = ev.ci.get(m, (math.nan, math.nan))
-            row.update({f"{m}_mean": ev.fold_mean[m], f"{m}_sd": ev.fold_sd[m], f"{m}_pooled": ev.pooled[m],
-                        f"{m}_ci_low": lo, f"{m}_ci_high": hi})
-            d = paired_differences(ev.per_fold, evals[ref].per_fold, m) if ref else np.zeros(0)
-            d = d[np.isfinite(d)]
-            row[f"{m}_diff_mean"] = float(d.mean()) if d.size else math.nan
-            row[f"{m}_diff_sd"] = float(d.std(ddof=1)) if d.size > 1 else math.nan
-            row[f"{m}_diff_wins"] = int((d > 0).sum()) if d.size else 0
-        rows.append(row)
-    return pl.DataFrame(rows).with_columns(pl.col("n_patients", "folds").cast(pl.Int64))
-
-
-def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
-    def f(x: float) -> str:
-        return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
-
-    return f"{f(mean)} ± {f(sd)} [{f(lo)}, {f(hi)}]"
-
-
-def _diff(mean: float, sd: float) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "–"
-    return f"{mean:+.3f} ± {sd:.3f}" if sd is not None and np.isfinite(sd) else f"{mean:+.3f}"
-
-
-def markdown(summary: Any, cfg: AblateConfig, ref: str | None, evals: dict[str, Any],
-             notes: list[str]) -> str:
-    """``summary.md``: the table people read (README shows it)."""
-    first = next(iter(evals.values()))
-    head = ["model", *(LABELS[m] for m in TABLE_METRICS)]
-    if ref:
-        head += [f"Δ F1 vs {ref}", f"Δ PR-AUC vs {ref}"]
-    lines = [f"# Ablation `{cfg.name}`", "",
-             f"Task {first.task} ({' vs '.join(first.classes)}); {cfg.folds}-fold CV x {cfg.repeats} on "
-             f"the saved split, seed {cfg.seed}, {cfg.epochs} epochs max; aggregator(s) "
-             f"{', '.join(cfg.aggregators)}.",
-             f"Cells: mean ± sd over folds [pooled out-of-fold 95 % bootstrap CI, {cfg.bootstrap} patient "
-             "resamples]. Δ: paired per-fold difference to the best unimodal model (mean ± sd).", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for r in summary.to_dicts():
-        cells = [r["model"] if r["kind"] == "model" else f"*{r['model']}*"]
-        cells += [_cell(r[f"{m}_mean"], r[f"{m}_sd"], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
-                  for m in TABLE_METRICS]
-        if ref:
-            cells += [_diff(r[f"{m}_diff_mean"], r[f"{m}_diff_sd"]) for m in ("f1", "pr_auc")]
-        lines.append("| " + " | ".join(cells) + " |")
-    if cfg.sanity:
-        lines += ["", "*Italic rows are sanity checks*: permuted labels should score near chance "
-                  "(ROC-AUC ≈ 0.5, MCC ≈ 0); shuffled images show what the images add."]
-    lines += [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
-

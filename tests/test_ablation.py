@@ -1,5 +1,6 @@
-"""The ablate stage: identical folds for every model, the summary table, paired differences and
-the sanity checks (permuted labels near chance)."""
+"""The ablate stage: identical folds for every model, every model scored on the same patients
+(the fixture lacks a modality for some), the summary table, paired differences and their
+significance, and the sanity checks (permuted labels near chance, a label-permutation null)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,19 @@ FAST = dict(folds=3, epochs=10, lr=3e-3, hidden=16, heads=2, batch_size=16, pati
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory):
-    return make_prepared_workdir(tmp_path_factory.mktemp("ablate") / "w", patients=48, patches=6, dim=16,
-                                 genes=20, gene_signal=1.5, image_signal=1.5, seed=7)
+    return make_prepared_workdir(tmp_path_factory.mktemp("ablate") / "w", patients=54, patches=6, dim=16,
+                                 genes=20, gene_signal=1.5, image_signal=1.5, seed=7, missing_expression=3,
+                                 missing_slides=3)
 
 
 @pytest.fixture(scope="module")
 def ablated(prepared):
-    cfg = AblateConfig(fusions=["gene", "image", "xattn"], sanity=True, name="t", **FAST)
+    cfg = AblateConfig(fusions=["gene", "image", "xattn"], sanity=True, permutations=3, name="t", **FAST)
     return run_ablate(prepared.workdir, cfg, progress=False)
+
+
+def _common(prepared) -> set[str]:
+    return set(prepared.patient_ids) - set(prepared.missing_expression) - set(prepared.missing_slides)
 
 
 def test_every_model_uses_the_saved_split(prepared, ablated) -> None:
@@ -42,7 +48,24 @@ def test_every_model_uses_the_saved_split(prepared, ablated) -> None:
     for label, run_dir in ablated.runs.items():
         oof = artifacts.read_parquet(run_dir / "oof.parquet", schema="oof")
         got = dict(oof.select("patient_id", "fold").iter_rows())
-        assert got == fold_of, label  # same patients, same folds, for models and sanity runs alike
+        assert all(fold_of[p] == k for p, k in got.items()), label  # the saved folds, for every run
+    # each model saw the patients having its modalities; the sanity runs those of xattn
+    own = {label: len(artifacts.read_parquet(d / "oof.parquet", schema="oof"))
+           for label, d in ablated.runs.items()}
+    assert own["gene"] == 51 and own["image"] == 51 and own["xattn"] == 48
+    assert own["xattn (shuffled images)"] == own["xattn (permuted labels)"] == 48
+
+
+def test_every_row_is_scored_on_the_same_patients(prepared, ablated) -> None:
+    rows = {r["model"]: r for r in ablated.summary.to_dicts()}
+    assert ablated.n_common == len(_common(prepared)) == 48
+    assert {r["n_patients"] for r in rows.values()} == {48}
+    assert rows["gene"]["n_left_out"] == 3 and rows["xattn"]["n_left_out"] == 0
+    md = (prepared.workdir.ablation_dir("t") / "summary.md").read_text()
+    assert "same **48 patients**" in md
+    for r in rows.values():  # pooled values sit inside their own CI
+        for m in ("f1", "pr_auc", "roc_auc", "mcc"):
+            assert r[f"{m}_ci_low"] - 1e-9 <= r[f"{m}_pooled"] <= r[f"{m}_ci_high"] + 1e-9, (r["model"], m)
 
 
 def test_summary_files(prepared, ablated) -> None:
@@ -52,10 +75,10 @@ def test_summary_files(prepared, ablated) -> None:
                                           "xattn (shuffled images)"]
     assert summary["kind"].to_list() == ["model"] * 3 + ["permuted-labels", "shuffled-images"]
     for m in ("f1", "pr_auc", "roc_auc", "mcc"):
-        assert summary[f"{m}_mean"].is_finite().all()
+        assert summary[f"{m}_mean"].is_finite().all() and summary[f"{m}_pooled"].is_finite().all()
         assert (summary[f"{m}_ci_low"] <= summary[f"{m}_ci_high"]).all()
     md = (out / "summary.md").read_text()
-    assert "| model | F1 | PR-AUC | ROC-AUC | MCC |" in md
+    assert "| model | F1 | PR-AUC | ROC-AUC | MCC | Δ PR-AUC vs" in md and "Fold mean ± sd" in md
     assert all(name in md for name in summary["model"].to_list())
     img = cv2.imread(str(out / "metrics.png"))
     assert img is not None and img.std() > 5
@@ -63,37 +86,82 @@ def test_summary_files(prepared, ablated) -> None:
     assert artifacts.read_json(out / "manifest.json")["split_sha256"] == ablated.split_sha256 == split_sha
 
 
-def _fold_pr_auc(run_dir) -> dict[int, float]:
+def _oof(run_dir, keep: set[str]):
     oof = artifacts.read_parquet(run_dir / "oof.parquet", schema="oof")
-    return {k: skm.average_precision_score(p["target"], p["prob"]) for (k,), p in oof.group_by("fold")}
+    return oof.filter(pl.col("patient_id").is_in(sorted(keep)))
 
 
-def test_paired_differences_against_best_unimodal(ablated) -> None:
+def _fold_pr_auc(run_dir, keep: set[str]) -> dict[int, float]:
+    return {k: skm.average_precision_score(p["target"], p["prob"]) for (k,), p in _oof(run_dir, keep)
+            .group_by("fold")}
+
+
+def test_paired_differences_against_best_unimodal(prepared, ablated) -> None:
+    """On exactly the common patients: per-fold differences, the corrected resampled t-test and
+    the pooled difference (with a paired bootstrap CI around it)."""
+    from scipy import stats
+
+    keep = _common(prepared)
     rows = {r["model"]: r for r in ablated.summary.to_dicts()}
     ref = ablated.reference
     other = "image" if ref == "gene" else "gene"
-    assert ref in ("gene", "image") and rows[ref]["pr_auc_mean"] >= rows[other]["pr_auc_mean"]
-    base = _fold_pr_auc(ablated.runs[ref])
-    theirs = _fold_pr_auc(ablated.runs[other])
+    assert ref in ("gene", "image") and rows[ref]["pr_auc_pooled"] >= rows[other]["pr_auc_pooled"]
+    base = _fold_pr_auc(ablated.runs[ref], keep)
+    theirs = _fold_pr_auc(ablated.runs[other], keep)
     assert rows[other]["pr_auc_diff_mean"] == pytest.approx(np.mean([theirs[k] - base[k] for k in range(3)]))
-    mine = _fold_pr_auc(ablated.runs["xattn"])
-    diffs = [mine[k] - base[k] for k in range(3)]
+    mine = _fold_pr_auc(ablated.runs["xattn"], keep)
+    diffs = np.array([mine[k] - base[k] for k in range(3)])
     assert rows["xattn"]["pr_auc_diff_mean"] == pytest.approx(np.mean(diffs))
     assert rows["xattn"]["pr_auc_diff_sd"] == pytest.approx(np.std(diffs, ddof=1))
     assert rows["xattn"]["pr_auc_diff_wins"] == sum(d > 0 for d in diffs)
+    t = diffs.mean() / np.sqrt((1 / 3 + 1 / 2) * diffs.var(ddof=1))  # Nadeau-Bengio: n_test/n_train = 1/2
+    assert rows["xattn"]["pr_auc_diff_t"] == pytest.approx(t)
+    assert rows["xattn"]["pr_auc_diff_p"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+    a, b = _oof(ablated.runs["xattn"], keep), _oof(ablated.runs[ref], keep)
+    pooled = skm.average_precision_score(a["target"], a["prob"]) - skm.average_precision_score(b["target"],
+                                                                                                b["prob"])
+    r = rows["xattn"]
+    assert r["pr_auc_diff_pooled"] == pytest.approx(pooled)
+    assert r["pr_auc_diff_ci_low"] <= pooled <= r["pr_auc_diff_ci_high"]
+    assert np.isnan(rows[ref]["pr_auc_diff_p"])
 
 
 def test_sanity_permutation_lands_near_chance(ablated) -> None:
     rows = {r["kind"] if r["kind"] != "model" else r["model"]: r for r in ablated.summary.to_dicts()}
     perm, real = rows["permuted-labels"], rows["xattn"]
-    assert 0.3 < perm["roc_auc_pooled"] < 0.7 and abs(perm["mcc_pooled"]) < 0.3
+    # one draw of 48 patients: wide (a label permutation also unbalances the stratified folds, which
+    # pushes single draws below 0.5); the null distribution below is the real test
+    assert 0.2 < perm["roc_auc_pooled"] < 0.8 and abs(perm["mcc_pooled"]) < 0.4
     assert real["roc_auc_pooled"] > 0.8 and real["roc_auc_pooled"] > perm["roc_auc_pooled"] + 0.15
     marker = artifacts.read_json(ablated.runs["xattn (permuted labels)"] / "sanity.json")
     assert marker["kind"] == "permuted-labels"
+    # the null: 3 re-fits on permuted labels, the real score's empirical p = 1 / (3 + 1) at best
+    null = artifacts.read_parquet(prepared_null := ablated.out_dir / "null.parquet", schema="summary")
+    assert null.height == 3 and prepared_null.is_file()
+    assert (null["roc_auc"] < real["roc_auc_pooled"]).all() and null["roc_auc"].mean() < 0.75
+    assert ablated.null["metrics"]["roc_auc"]["p"] == pytest.approx(0.25)
+    assert real["roc_auc_perm_p"] == pytest.approx(0.25)
+
+
+def test_shuffled_images_move_bags_only_within_folds_among_patients_with_images(prepared) -> None:
+    from brcatool.cohort import load_cohort
+
+    cohort = load_cohort(prepared.workdir)
+    splits = load_splits(prepared.workdir.splits)
+    shuffled = cohort.with_shuffled_images(11, groups=splits.fold.T)
+    assert np.array_equal(shuffled.has_img, cohort.has_img)
+    assert np.array_equal(shuffled.has_expr, cohort.has_expr)
+    moved = 0
+    for i in np.flatnonzero(cohort.has_img):
+        j = [k for k in np.flatnonzero(cohort.has_img)
+             if np.array_equal(cohort.features[k], shuffled.features[i])]
+        assert len(j) == 1 and splits.fold[0, j[0]] == splits.fold[0, i]
+        moved += j[0] != i
+    assert moved > 20
 
 
 def test_rerun_reuses_runs_and_other_params_refuse(prepared, ablated) -> None:
-    cfg = AblateConfig(fusions=["gene", "image", "xattn"], sanity=True, name="t", **FAST)
+    cfg = AblateConfig(fusions=["gene", "image", "xattn"], sanity=True, permutations=3, name="t", **FAST)
     runs_root = prepared.workdir.runs_dir
 
     def models() -> dict:
@@ -123,7 +191,7 @@ def test_two_aggregators_give_one_image_row_each_on_the_saved_split(prepared) ->
     assert set(res.runs) == set(rows)
     for label, run_dir in res.runs.items():
         oof = artifacts.read_parquet(run_dir / "oof.parquet", schema="oof")
-        assert dict(oof.select("patient_id", "fold").iter_rows()) == fold_of, label
+        assert all(fold_of[p] == k for p, k in oof.select("patient_id", "fold").iter_rows()), label
         assert artifacts.read_json(run_dir / "splits_ref.json")["sha256"] == res.split_sha256, label
     assert res.split_sha256 == load_splits(prepared.workdir.splits).sha256()
 
@@ -140,3 +208,17 @@ def test_cli(prepared) -> None:
     assert table["model"].to_list() == ["gene", "image"]
     bad = runner.invoke(app, ["ablate", "-w", root, "--fusions", "gene,nope"])
     assert bad.exit_code == 1 and "nope" in bad.output and "Traceback" not in bad.output
+
+
+def test_repeats_extend_the_saved_split_and_give_a_corrected_t_test(prepared) -> None:
+    tiny = {**FAST, "epochs": 2, "bootstrap": 50, "plots": False, "repeats": 2}
+    res = run_ablate(prepared.workdir, AblateConfig(fusions=["gene", "image"], name="rep", **tiny),
+                     progress=False)
+    rows = {r["model"]: r for r in res.summary.to_dicts()}
+    assert rows["gene"]["folds"] == rows["image"]["folds"] == 6  # 3 folds x 2 repeats
+    other = "image" if res.reference == "gene" else "gene"
+    assert np.isfinite(rows[other]["pr_auc_diff_p"]) and 0 <= rows[other]["pr_auc_diff_p"] <= 1
+    saved = load_splits(prepared.workdir.splits)
+    assert saved.repeats == 2  # extended; the first repeat is the one the other ablations used
+    oof = artifacts.read_parquet(res.runs["gene"] / "oof.parquet", schema="oof")
+    assert sorted(oof["repeat"].unique().to_list()) == [0, 1]

@@ -176,7 +176,8 @@ def test_external_cohort_end_to_end(prepared, tmp_path: Path) -> None:
             recipe = Recipe.from_dict(fm.recipe.to_dict())
             if refit:  # what a leaky external evaluation would do
                 recipe = Recipe.from_settings(cohort.recipe_settings).fit(cohort.expression, cohort.genes)
-            expr = torch.from_numpy(recipe.transform(cohort.expression, genes=cohort.genes).astype(np.float32))
+            expr = recipe.transform(cohort.expression, genes=cohort.genes)
+            expr = torch.from_numpy(expr.astype(np.float32))
             with torch.no_grad():
                 out.append(torch.sigmoid(fm.model(expr, feats, mask, has_e, has_i)["logits"][:, 0]).numpy())
         return np.mean(out, axis=0)

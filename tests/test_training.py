@@ -207,17 +207,18 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
 def test_paper_preset_and_site_split_from_the_cli(tmp_path: Path) -> None:
     """--paper sets the study's protocol except what is given explicitly; --split site trains on
     splits-site.json (no site on both sides) and says so in metrics.json."""
-    from brcatool.splits import load_splits as load_any, splits_path
+    from brcatool.splits import splits_path
 
     wd = make_prepared_workdir(tmp_path / "w", patients=60, patches=40, dim=8, genes=12, seed=8).workdir
-    res = CliRunner().invoke(app, ["train", "-w", str(wd.root), "--paper", "--folds", "3", "--fusion", "image",
-                                   "--epochs", "2", "--hidden", "8", "--split", "site", "--name", "p"])
+    args = ["--paper", "--folds", "3", "--fusion", "image", "--epochs", "2", "--hidden", "8",
+            "--split", "site"]
+    res = CliRunner().invoke(app, ["train", "-w", str(wd.root), *args, "--name", "p"])
     assert res.exit_code == 0, res.output
     cfg = config.load_yaml(wd.run_dir("p") / "config.yaml")
     assert (cfg["optimizer"], cfg["weight_decay"], cfg["pos_weight"], cfg["aggregator"], cfg["bag_size"],
             cfg["folds"]) == ("adam", 0.0, "none", "mean", 35, 3)
     assert artifacts.read_json(wd.run_dir("p") / "metrics.json")["split"] == "site"
-    splits = load_any(splits_path(wd, "site"))
+    splits = load_splits(splits_path(wd, "site"))
     oof = artifacts.read_parquet(wd.run_dir("p") / "oof.parquet", schema="oof")
     site_of = dict(zip(splits.patient_ids, splits.sites, strict=True))
     for k in range(3):

@@ -46,11 +46,15 @@ def ablate(
         "--aggregators", help="Comma-separated patch aggregators (each image model once per aggregator).")
     ] = "abmil",
     sanity: Annotated[bool, typer.Option(
-        "--sanity", help="Also re-run the chosen fusion with permuted labels and with shuffled images.")
+        "--sanity", help="Also re-run the chosen fusion with permuted labels and with shuffled images, "
+        "and re-fit it on --permutations label permutations (a null distribution and p-value).")
     ] = False,
     sanity_fusion: Annotated[str | None, typer.Option(
         "--sanity-fusion", help="Fusion for --sanity.",
         show_default="xattn if compared, else the last")] = None,
+    permutations: Annotated[int, typer.Option(
+        "--permutations", help="--sanity: label permutations re-fitted for the null distribution and the "
+        "empirical p-value of the real score (0 = none).")] = 20,
     name: Annotated[str, typer.Option("--name", help="Ablation name (folder under ablations/).")] = "default",
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", help="Patient-level bootstrap resamples for the 95 % CIs.")] = 1000,
@@ -96,6 +100,7 @@ def ablate(
 
     cfg = AblateConfig(
         fusions=_names(fusions), aggregators=_names(aggregators), sanity=sanity, sanity_fusion=sanity_fusion,
+        permutations=permutations,
         name=name, encoder=encoder, folds=folds, repeats=repeats, epochs=epochs, lr=lr, batch_size=batch_size,
         patience=patience, hidden=hidden, dropout=dropout, heads=heads, missing=missing, threshold=threshold,
         bootstrap=bootstrap, run_plots=run_plots, device=device, seed=seed, overwrite=overwrite,
@@ -108,28 +113,36 @@ def ablate(
 
 
 def print_summary(result: Any) -> None:
-    """The ablation table (also used by `brcatool demo`)."""
+    """The ablation table (also used by `brcatool demo`): pooled values [95 % CI] on the common patients."""
     from rich.table import Table
 
     from brcatool.ablation import LABELS, TABLE_METRICS
 
     ref = result.reference
-    table = Table(title=f"Ablation {result.name}: mean ± sd over folds [pooled 95 % CI]")
+    table = Table(title=f"Ablation {result.name}: pooled out-of-fold [95 % CI] on the same "
+                        f"{result.n_common} patients")
     table.add_column("model")
     for m in TABLE_METRICS:
         table.add_column(LABELS[m], justify="right")
     if ref:
-        table.add_column(f"Δ PR-AUC\nvs {ref}", justify="right")
+        table.add_column(f"Δ PR-AUC\nvs {ref} (p)", justify="right")
     for r in result.summary.to_dicts():
-        cells = [f"{fmt_metric(r[f'{m}_mean'])}±{fmt_metric(r[f'{m}_sd'])}\n"  # two lines: fits 80 columns
+        cells = [f"{fmt_metric(r[f'{m}_pooled'])}\n"  # two lines: fits 80 columns
                  f"[dim][{fmt_metric(r[f'{m}_ci_low'], 2)},{fmt_metric(r[f'{m}_ci_high'], 2)}][/]"
                  for m in TABLE_METRICS]
         if ref:
-            diff_mean, diff_sd = r["pr_auc_diff_mean"], r["pr_auc_diff_sd"]
-            cells.append(f"{fmt_metric(diff_mean, sign=True)}\n± {fmt_metric(diff_sd)}")
+            p = r["pr_auc_diff_p"]
+            cells.append(f"{fmt_metric(r['pr_auc_diff_pooled'], sign=True)}\n"
+                         f"[dim]p {fmt_metric(p) if p == p else '–'}[/]")
         table.add_row(r["model"] if r["kind"] == "model" else f"[italic]{r['model']}[/]", *cells)
     console.print(table)
     extra = "".join(f", {p.name}" for p in result.plots)
-    console.print(f"summary: {result.out_dir / 'summary.md'} (+ summary.parquet{extra})", soft_wrap=True)
+    console.print(f"summary: {result.out_dir / 'summary.md'} (+ summary.parquet{extra}; fold mean ± sd, "
+                  "paired CIs and p-values there)", soft_wrap=True)
+    for m, v in (result.null.get("metrics") or {}).items():
+        if m in ("roc_auc", "pr_auc"):
+            console.print(f"label-permutation null ({result.null['permutations']} permutations): {LABELS[m]} "
+                          f"{fmt_metric(v['real'])} vs null mean {fmt_metric(v['null_mean'])}, "
+                          f"p = {fmt_metric(v['p'])}", soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)

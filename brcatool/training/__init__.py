@@ -11,11 +11,11 @@ from brcatool.training.batching import Batcher, calibration_probs, correct_probs
 from brcatool.training.fold import BIG_WORK, FoldOutput, is_big, train_fold
 from brcatool.training.prediction import FoldModel, Predictions, fold_model_paths, load_fold_model, predict
 from brcatool.training.settings import MISSING_MODES, PAPER, TrainConfig, TrainSettings
-from brcatool.training.stage import TrainResult, fold_dirname, is_finished, load_result, run_train
+from brcatool.training.stage import TrainResult, fold_dirname, is_finished, load_result, oof_only, run_train
 
 __all__ = [
     "BIG_WORK", "Batcher", "FoldModel", "FoldOutput", "MISSING_MODES", "PAPER", "Predictions",
     "TrainConfig", "TrainResult", "TrainSettings", "calibration_probs", "correct_probs", "eligible",
     "fold_dirname", "fold_model_paths", "infer", "is_big", "is_finished", "load_fold_model",
-    "load_result", "oof_probs", "predict", "run_train", "train_fold"
+    "load_result", "oof_only", "oof_probs", "predict", "run_train", "train_fold"
 ]

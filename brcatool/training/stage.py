@@ -170,6 +170,31 @@ def _cross_validate(cohort: Cohort, splits: Splits, ok: np.ndarray, cfg: TrainCo
     return outs
 
 
+def oof_only(cohort: Cohort, splits: Splits, cfg: TrainConfig, *, progress: bool = False) -> Any:
+    """Cross-validate on ``cohort`` and return the oof table alone: nothing is written (ablate's
+    label-permutation null trains many such models)."""
+    import torch
+
+    cfg.validate()
+    kind_cohort = cohort.restrict(gene=_uses(cfg)[0], image=_uses(cfg)[1])
+    ok = eligible(kind_cohort, cfg.fusion, cfg.missing)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_threads(kind_cohort, cfg, threads))
+    try:
+        outs = _cross_validate(kind_cohort, splits, ok, cfg, cfg.name or cfg.fusion, _device(cfg.device),
+                               progress)
+    finally:
+        torch.set_num_threads(threads)
+    return _oof_table(kind_cohort, outs)
+
+
+def _uses(cfg: TrainConfig) -> tuple[bool, bool]:
+    from brcatool.models import FUSIONS
+
+    kind = FUSIONS.get(cfg.fusion)
+    return kind.uses_gene, kind.uses_image
+
+
 def is_finished(workdir: Path | Workdir, cfg: TrainConfig) -> bool:
     """Whether ``run_train(workdir, cfg)`` would reuse a finished run (same params, no --overwrite).
 
