@@ -51,13 +51,7 @@ def occlude(fm: Any, cohort: Cohort, idx: np.ndarray | None = None, *, device: s
     model = fm.model.to(dev).eval()
     ok = eligible(cohort, fm.config["fusion"], fm.missing) & cohort.has_img
     idx = np.flatnonzero(ok) if idx is None else np.asarray(idx)[ok[np.asarray(idx)]]
-    expr = None
-    if fm.uses_gene:
-        expr = np.zeros((cohort.n, len(fm.recipe.genes_out)), dtype=np.float32)
-        if cohort.has_expr.any():
-            expr[cohort.has_expr] = fm.recipe.transform(cohort.expression[cohort.has_expr],
-                                                        genes=cohort.genes)
-    batcher = Batcher(cohort, expr, gene=fm.uses_gene, image=True, device=dev)
+    batcher = Batcher(cohort, fm.gene_inputs(cohort), gene=fm.uses_gene, image=True, device=dev)
     batcher.amp = False  # differences of logits: keep fp32
     out = np.zeros((len(idx), cohort.mask.shape[1]), dtype=np.float64)
     with torch.no_grad():

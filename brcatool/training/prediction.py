@@ -60,6 +60,17 @@ class FoldModel:
                 raise ArtifactError(f"features come from {theirs}, the model was trained on {mine}",
                                     path=cohort.root, fix="embed it with the same encoder and weights")
 
+    def gene_inputs(self, cohort: Cohort) -> np.ndarray | None:
+        """The model's expression input for every patient (this fold's recipe; zeros where a patient
+        has none), or None for models without a gene branch."""
+        if not self.uses_gene:
+            return None
+        expr = np.zeros((cohort.n, len(self.recipe.genes_out)), dtype=np.float32)
+        if cohort.has_expr.any():
+            expr[cohort.has_expr] = self.recipe.transform(cohort.expression[cohort.has_expr],
+                                                          genes=cohort.genes)
+        return expr
+
     def predict(self, cohort: Cohort, idx: np.ndarray | None = None, *, device: Any = "cpu",
                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(patient positions, probabilities (n, C), attention (n, N) or None) for usable patients."""
@@ -70,14 +81,8 @@ class FoldModel:
         self.model.to(dev)
         ok = eligible(cohort, self.config["fusion"], self.missing)
         idx = np.flatnonzero(ok) if idx is None else np.asarray(idx)[ok[np.asarray(idx)]]
-        expr = None
-        if self.uses_gene:
-            expr = np.zeros((cohort.n, len(self.recipe.genes_out)), dtype=np.float32)
-            if cohort.has_expr.any():
-                expr[cohort.has_expr] = self.recipe.transform(cohort.expression[cohort.has_expr],
-                                                              genes=cohort.genes)
-        batcher = Batcher(cohort, expr, gene=self.uses_gene, image=self.uses_image, device=dev,
-                          bag_size=self.bag_size)
+        batcher = Batcher(cohort, self.gene_inputs(cohort), gene=self.uses_gene, image=self.uses_image,
+                          device=dev, bag_size=self.bag_size)
         batcher.amp = dev.type == "cuda" or (self.bf16 and _cpu_bf16())  # as in training
         probs, att = infer(self.model, batcher, idx, len(self.classes), batch_size=batch_size)
         return idx, probs, att
