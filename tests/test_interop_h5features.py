@@ -40,6 +40,9 @@ def test_clam_and_trident_attributes_give_the_patch_geometry(tmp_path):
     tri = geometry_from_attrs(trident_coords_attrs("s", patch_size=224, mag0=40, target_mag=10),
                               ReadOptions(), tmp_path)
     assert (tri.size0, tri.out_size, tri.mpp0) == (896.0, 224, pytest.approx(0.25))
+    older = {k: v for k, v in trident_coords_attrs("s", patch_size=224, mag0=40, target_mag=10).items()
+             if k != "patch_size_level0"}
+    assert geometry_from_attrs(older, ReadOptions(), tmp_path).size0 == 896.0
     with pytest.raises(InputError, match="no patch_size/patch_level"):
         geometry_from_attrs({}, ReadOptions(), tmp_path)
     assert geometry_from_attrs({}, ReadOptions(patch_size=300), tmp_path).size0 == 300.0

@@ -173,10 +173,11 @@ def _number(attrs: dict[str, Any], key: str) -> float | None:
 def geometry_from_attrs(attrs: dict[str, Any], opts: ReadOptions, path: Path) -> Geometry:
     """Patch geometry from TRIDENT or CLAM ``coords`` attributes, else ``opts.patch_size``."""
     ps = _number(attrs, "patch_size")
-    if _number(attrs, "patch_size_level0") is not None and ps is not None:  # TRIDENT
-        mag0 = _number(attrs, "level0_magnification")
+    mag0, mag = _number(attrs, "level0_magnification"), _number(attrs, "target_magnification")
+    size0 = _number(attrs, "patch_size_level0") or (ps * mag0 / mag if ps and mag0 and mag else None)
+    if size0 is not None and ps is not None:  # TRIDENT (older files: no patch_size_level0)
         w0, h0 = _number(attrs, "level0_width"), _number(attrs, "level0_height")
-        return Geometry(size0=float(_number(attrs, "patch_size_level0")), out_size=int(ps), level=0,
+        return Geometry(size0=float(size0), out_size=int(ps), level=0,
                         mpp0=10.0 / mag0 if mag0 else None, width0=int(w0) if w0 else None,
                         height0=int(h0) if h0 else None)
     if ps is not None and _number(attrs, "patch_level") is not None:  # CLAM
