@@ -140,7 +140,7 @@ def _summary(result, failed: list[dict]) -> None:  # noqa: ANN001 - TileResult, 
                   str(result.n_patches), f"{result.seconds:.1f}")
     console.print(table)
     if result.count("no_roi"):
-        console.print(f"{result.count('no_roi')} slide(s) without an ROI file were skipped (--roi-missing skip)")
+        console.print(f"{result.count('no_roi')} slide(s) without an ROI file skipped (--roi-missing skip)")
     if result.took_over:
         console.print(f"took over {result.took_over} stale slide lock(s) of processes that had died")
     for r in failed[:10]:
