@@ -77,6 +77,7 @@ class Layout:
     read: Callable[[str, Path, ReadOptions], SlideFeatures]
     subdir: str | None = None  # looked into when DIR holds no file with ``suffix``
     recursive: bool = False  # STAMP mirrors the slide folder's tree
+    locate: Callable[[Path], Path] | None = None  # the file folder inside a job folder (TRIDENT)
 
     def find(self, root: Path) -> list[tuple[str, Path]]:
         """(slide id, file) pairs, sorted; the slide id is the file name without its suffix."""
@@ -86,8 +87,8 @@ class Layout:
         files = _files(root, self.suffix, self.recursive)
         if not files and self.subdir and (root / self.subdir).is_dir():
             files = _files(root / self.subdir, self.suffix, False)
-        if not files and self.name == "trident":
-            files = _files(_trident_features_dir(root), self.suffix, False)
+        if not files and self.locate is not None:
+            files = _files(self.locate(root), self.suffix, False)
         return [(p.name[: -len(self.suffix)], p) for p in files]
 
 
@@ -315,7 +316,7 @@ def _read_pt(slide_id: str, path: Path, opts: ReadOptions) -> SlideFeatures:
 register(Layout("clam", ".h5", "CLAM extract_features_fp: features + coords (attributes from --coords)",
                 _read_features_coords, subdir="h5_files"))
 register(Layout("trident", ".h5", "TRIDENT features_<encoder>/: features + coords with TRIDENT attributes",
-                _read_features_coords))
+                _read_features_coords, locate=_trident_features_dir))
 register(Layout("stamp", ".h5", "KatherLab STAMP: feats + coords (µm; needs --mpp)", _read_stamp,
                 recursive=True))
 register(Layout("pt", ".pt", "torch .pt feature tensors + --coords .h5 files", _read_pt, subdir="pt_files"))
