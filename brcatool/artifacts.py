@@ -236,6 +236,8 @@ def read_json(path: str | Path, *, keys: Sequence[str] = (), made_by: str | None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise ArtifactError(f"is not valid JSON{where}", path=path, fix=fix) from None
+    if not isinstance(obj, dict):  # every brcatool JSON artifact is an object
+        raise ArtifactError(f"holds a JSON {type(obj).__name__}, not an object", path=path, fix=fix)
     missing = [k for k in keys if not _has_key(obj, k)]
     if missing:
         raise ArtifactError(f"lacks {', '.join(repr(k) for k in missing)} (incomplete or edited)",
