@@ -145,3 +145,17 @@ def test_a_refused_import_leaves_the_workdir_as_it_was(tmp_path):
     assert run_import_features(wd, ImportConfig(source=str(first.source), format="trident", encoder="second"),
                                progress=False).count("ok") == 2
     assert wd.available_encoders() == ["ext", "second"]
+
+
+def test_slides_table_by_slide_file_path(tmp_path):
+    from brcatool.interop.importer import read_slides_table
+
+    table = tmp_path / "slides.tsv"
+    table.write_text("path\tpatient_id\tmpp\nwsi/TCGA-AA-0001-01Z-00-DX1.svs\tP1\t0.5\n/abs/s2.ome.tiff\tP2\t\n")
+    rows = read_slides_table(table)
+    slide_file = str((tmp_path / "wsi" / "TCGA-AA-0001-01Z-00-DX1.svs").resolve())
+    assert rows["TCGA-AA-0001-01Z-00-DX1"] == {"patient_id": "P1", "mpp": 0.5, "path": slide_file}
+    assert rows["s2"] == {"patient_id": "P2", "mpp": None, "path": "/abs/s2.ome.tiff"}
+    table.write_text("path\tmpp\nx.svs\tfast\n")
+    with pytest.raises(InputError, match="row 1: mpp 'fast' is not a number"):
+        read_slides_table(table)
