@@ -297,7 +297,12 @@ def test_provenance_section(demo_wd: Workdir, demo_data: dict) -> None:
 def test_unreadable_files_become_notes(demo_wd: Workdir, tmp_path: Path) -> None:
     wd = Workdir(tmp_path / "w")
     shutil.copytree(demo_wd.root, wd.root, ignore=shutil.ignore_patterns("cohort", "patches.zarr", "*.pt"))
-    run = sorted(p for p in wd.runs_dir.iterdir() if (p / "eval" / "plots").is_dir())[0]
+    run, other = sorted(p for p in wd.runs_dir.iterdir() if (p / "eval" / "plots").is_dir())[:2]
+    # an external evaluation is shown under its run (here: evaluate's files, as `--on` lays them out)
+    ext = other / "external" / "cohort-b"
+    shutil.copytree(other / "eval", ext)
+    ev = artifacts.read_json(ext / "metrics.json")
+    artifacts.write_json(ext / "metrics.json", {**ev, "scope": "external:cohort-b", "n_patients": 7})
     (run / "eval" / "metrics.json").write_text("{not json")
     sid = next(wd.qc_dir.glob("*.png")).stem
     (wd.qc_dir / f"{sid}.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
@@ -305,8 +310,15 @@ def test_unreadable_files_become_notes(demo_wd: Workdir, tmp_path: Path) -> None
     assert any(str(run / "eval" / "metrics.json") in n for n in res.notes)
     html = res.path.read_text()
     assert "Some files could not be read" in html
-    card = collect(wd)["slides"]["cards"]
-    assert next(c for c in card if c["slide_id"] == sid)["thumb"] is None
+    data = collect(wd)
+    assert next(c for c in data["slides"]["cards"] if c["slide_id"] == sid)["thumb"] is None
+    (shown,) = next(r for r in data["runs"]["runs"] if r["name"] == other.name)["external"]
+    assert shown["name"] == "cohort-b" and shown["n_patients"] == 7
+    assert [m["pooled"] for m in shown["metrics"]] == [m["pooled"] for m in
+                                                        next(r for r in data["runs"]["runs"]
+                                                             if r["name"] == other.name)["metrics"]]
+    assert "External cohort cohort-b (7 patients" in html
+    assert any(s["what"] == f"runs/{other.name}/external/cohort-b" for s in data["provenance"]["stages"])
     for src in re.findall(r'\ssrc="([^"]*)"', html):
         _decode(src)
 
