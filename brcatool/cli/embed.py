@@ -31,8 +31,9 @@ def embed(
     )] = "resnet50",
     weights: Annotated[str, typer.Option(
         "--weights",
-        help="imagenet (torchvision weights, from the TORCH_HOME cache), hf:ORG/NAME[/FILE] (Hugging "
-        "Face cache, HF_HOME; downloads unless HF_HUB_OFFLINE=1; gated models need HF_TOKEN), PATH "
+        help="imagenet (torchvision weights, from the TORCH_HOME cache), hf:ORG/NAME or "
+        "hf:ORG/NAME/FILE (Hugging Face cache, HF_HOME; downloads unless HF_HUB_OFFLINE=1; gated "
+        "models need HF_TOKEN), PATH "
         "(.bin/.pth/.safetensors state_dict) or random (seeded; tests and offline demos only)."
     )] = "imagenet",
     input_size: Annotated[int | None, typer.Option(

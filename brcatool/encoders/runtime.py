@@ -18,7 +18,7 @@ def default_batch(spec: EncoderSpec | None, device: str) -> int:
     return cuda if device == "cuda" else cpu
 
 
-def seconds_per_image(model: nn.Module, size: int, *, batch: int = 2, autocast: object = None) -> float:
+def seconds_per_image(model: nn.Module, size: int, *, batch: int = 1, autocast: object = None) -> float:
     """Measured CPU seconds per image of ``model`` at ``size`` px (best of two timed batches)."""
     import contextlib
     import time
