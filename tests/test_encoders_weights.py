@@ -204,3 +204,21 @@ def test_cpu_estimate_is_patches_times_measured_seconds():
     assert 0 < per < 1
     line = cpu_estimate(get_encoder("h-optimus-0"), 36_000, 2, 1.5)
     assert "36,000 patches x 2 view(s) x 1.50 s/img" in line and "30 h 0 min" in line
+
+
+def test_timm_model_from_a_timm_hub_checkpoint_with_its_classifier(tmp_path, hf_env):
+    import timm
+    from safetensors.torch import save_file
+
+    spec = get_encoder("timm:vit_tiny_patch16_224")
+    full = timm.create_model("vit_tiny_patch16_224", pretrained=False)  # 1000-class head, as published
+    src = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(src))
+    hf_cache_file(hf_env, spec.hf_repo, "model.safetensors", src)
+    w = resolve_weights(spec, f"hf:{spec.hf_repo}", seed=0)
+    assert w.identity == f"hf:{spec.hf_repo}/model.safetensors sha256:{file_digest(src)}"
+    net = build_encoder(spec, w)  # the head is not built; its keys are ignored
+    assert "head.weight" not in net.state_dict()
+    assert all(torch.equal(v, full.state_dict()[k]) for k, v in net.state_dict().items())
+    with torch.inference_mode():
+        assert net(torch.rand(1, 3, 224, 224)).shape == (1, 192)
