@@ -307,7 +307,20 @@ def read_parquet(path: str | Path, *, schema: str, made_by: str | None = None):
         expected=schema,
         path=path,
     )
-    return pl.read_parquet(path)
+    df = pl.read_parquet(path)
+    prefix = FINITE_COLUMNS.get(schema)
+    if prefix:
+        bad = [c for c in df.columns if c.startswith(prefix) and df[c].dtype.is_float()
+               and not df[c].is_finite().all()]
+        if bad:
+            raise ArtifactError(f"holds NaN or infinite values in {', '.join(bad)}", path=path,
+                                fix=f"re-run `brcatool {made_by or 'the stage that wrote it'}` (with --overwrite)")
+    return df
+
+
+#: Float columns (by name prefix) that must be finite when a table of the schema is read: a
+#: metric is never computed from NaN.
+FINITE_COLUMNS = {"oof": "prob", "attention": "weight"}
 
 
 def check_schema(found: str | None, version: Any, *, expected: str, path: Path) -> None:
