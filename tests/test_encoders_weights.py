@@ -160,6 +160,13 @@ def test_download_tries_the_next_file_name_and_a_dead_network_is_offline(tmp_pat
     with pytest.raises(OfflineError, match="could not be downloaded"):
         hub.resolve("org/model", ("pytorch_model.bin",))
 
+    def unreachable_hub(repo, name, **kw):  # what the hub raises offline: an EntryNotFoundError too
+        raise errors.LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable_hub)
+    with pytest.raises(OfflineError, match="cannot be reached"):
+        hub.resolve("org/model", ("model.safetensors", "pytorch_model.bin"))
+
 
 def test_checkpoint_prefixes_containers_and_safetensors(tmp_path, uni_d1):
     from safetensors.torch import save_file

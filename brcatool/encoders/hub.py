@@ -75,6 +75,9 @@ def resolve(repo: str, files: tuple[str, ...]) -> tuple[Path, str]:
             raise InputError(f"no Hugging Face repository {repo!r} (or it is gated and HF_TOKEN is not set)",
                              fix=f"check the name; for a gated model request access on "
                              f"https://huggingface.co/{repo} and export HF_TOKEN") from None
+        except errors.LocalEntryNotFoundError:  # (an EntryNotFoundError too) no network, not cached
+            raise OfflineError(f"{repo}: {first} is not in the Hugging Face cache and the Hub cannot be "
+                               "reached", path=cache, fix=_hint(repo, first, cache)) from None
         except errors.EntryNotFoundError:
             continue  # this repository publishes another of the file names
         except Exception as exc:  # noqa: BLE001 - no network, proxy, timeouts: all mean offline
