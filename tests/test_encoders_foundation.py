@@ -134,3 +134,23 @@ def test_foundation_models_ask_for_their_hub_weights_not_imagenet():
         with pytest.raises(InputError) as err:
             resolve_weights(spec, "imagenet", seed=0)
         assert f"--weights hf:{spec.hf_repo}" in err.value.one_line()
+
+
+def test_virchow2_shaped_embed_writes_its_recipe_into_the_manifest(tmp_path, monkeypatch):
+    from brcatool import stores
+    from brcatool.embedding import EmbedConfig, feature_manifest, run_embed
+    from brcatool.synth.patches import make_patch_workdir
+
+    base = get_encoder("virchow2")
+    spec = dataclasses.replace(base, name="virchow2-small", dim=64, big=False, timm_kwargs={
+        **base.timm_kwargs, "depth": 1, "embed_dim": 32, "num_heads": 2})
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    wd = make_patch_workdir(tmp_path / "wd", slides=2, patches=[3, 2], size=256, seed=1)
+    res = run_embed(wd, EmbedConfig(encoder=spec.name, weights="random", device="cpu", precision="fp32",
+                                    batch_size=4, num_workers=0), progress=False)
+    assert res.dim == 64 and res.patches == 5
+    feats = [stores.read_features(wd, spec.name, s) for s in stores.feature_slides(wd, spec.name)]
+    assert sorted(f.shape for f in feats) == [(1, 2, 64), (1, 3, 64)]
+    params = feature_manifest(wd, spec.name)["params"]
+    assert params["preprocess"] == {"resize": 224, "crop": 224, "interpolation": "bicubic"}
+    assert params["output"] == "cls+mean-patch" and params["input_size"] == 224
