@@ -282,18 +282,25 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
         old = artifacts.read_json(out_dir / "manifest.json")
         if old.get("inputs") == manifest.inputs and (out_dir / "metrics.json").is_file():
             return load_result(run_dir, out_dir)
-    # the run was re-trained (inputs changed) or nothing exists yet: (re)compute
-    if other is None:
-        res = _evaluate_oof(wd, run_dir, out_dir, info, cfg, progress)
-    else:
-        res = _evaluate_external(other, run_dir, out_dir, info, cfg, progress)
-    res.seconds = time.perf_counter() - t0
-    res.calibration = info["calibration"]
-    artifacts.write_json(out_dir / "metrics.json", res.to_json())
-    config.write_yaml(cfg, out_dir / "config.yaml")
-    manifest.write(out_dir / "manifest.json", counts={"patients": res.n_patients, "plots": len(res.plots),
-                                                      "montages": res.montages, "heatmaps": res.heatmaps},
-                   seconds=round(res.seconds, 2))
+    # the run was re-trained (inputs changed) or nothing exists yet: (re)compute, into a folder
+    # beside the old evaluation that replaces it only once complete (a failure keeps the old one)
+    with outputs.replacing(wd, [out_dir], enabled=out_dir.exists(), tag="evaluate") as staged:
+        new_dir = staged.at(out_dir)
+        if other is None:
+            res = _evaluate_oof(wd, run_dir, new_dir, info, cfg, progress)
+        else:
+            res = _evaluate_external(other, run_dir, new_dir, info, cfg, progress)
+        res.seconds = time.perf_counter() - t0
+        res.calibration = info["calibration"]
+        res.notes = [n.replace(str(new_dir), str(out_dir)) for n in res.notes]  # where it will be
+        artifacts.write_json(new_dir / "metrics.json", res.to_json())
+        config.write_yaml(cfg, new_dir / "config.yaml")
+        manifest.write(new_dir / "manifest.json", counts={"patients": res.n_patients, "plots": len(res.plots),
+                                                          "montages": res.montages, "heatmaps": res.heatmaps},
+                       seconds=round(res.seconds, 2))
+    res.out_dir = out_dir
+    res.plots = [out_dir / p.relative_to(new_dir) for p in res.plots]
+    res.attention = out_dir / res.attention.relative_to(new_dir) if res.attention else None
     if other is None:  # a summary beside train's metrics, so one file holds a run's numbers
         mets = artifacts.read_json(run_dir / "metrics.json")
         mets["evaluation"] = {k: v for k, v in res.to_json().items()

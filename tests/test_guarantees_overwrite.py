@@ -157,3 +157,33 @@ def test_train_overwrite_that_fails_keeps_the_old_run(tmp_path: Path, monkeypatc
     assert _snapshot(run_dir) == before
     assert np.all([not p.name.startswith(".") for p in prepared.workdir.runs_dir.iterdir()])
     assert stores.feature_slides(prepared.workdir, prepared.encoder)  # nothing else touched
+
+
+def test_evaluate_overwrite_that_fails_keeps_the_old_evaluation(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from brcatool import evaluation
+    from brcatool.evaluation import EvaluateConfig, run_evaluate
+    from brcatool.synth import make_prepared_workdir
+    from brcatool.training import TrainConfig, run_train
+
+    prepared = make_prepared_workdir(tmp_path / "wd", patients=12, patches=2, dim=4, genes=8)
+    run_train(prepared.workdir, TrainConfig(fusion="gene", folds=2, epochs=1, patience=1, name="e",
+                                            device="cpu"), progress=False)
+    cfg = EvaluateConfig(run="e", bootstrap=10)
+    first = run_evaluate(prepared.workdir, cfg, progress=False)
+    before = _snapshot(first.out_dir)
+    real = evaluation._curves
+
+    def boom(*a, **k):
+        real(*a, **k)  # some new figures are drawn ... then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(evaluation, "_curves", boom)
+    with pytest.raises(OSError):
+        run_evaluate(prepared.workdir, EvaluateConfig(run="e", bootstrap=20, overwrite=True), progress=False)
+    assert _snapshot(first.out_dir) == before
+    assert not [p for p in first.out_dir.parent.iterdir() if ".tmp-" in p.name]
+    monkeypatch.undo()
+    res = run_evaluate(prepared.workdir, EvaluateConfig(run="e", bootstrap=20, overwrite=True), progress=False)
+    assert res.out_dir == first.out_dir and all(p.is_file() and p.parent.parent == res.out_dir for p in res.plots)
+    assert _snapshot(res.out_dir) != before
