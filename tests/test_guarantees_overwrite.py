@@ -187,3 +187,29 @@ def test_evaluate_overwrite_that_fails_keeps_the_old_evaluation(tmp_path: Path,
     res = run_evaluate(prepared.workdir, EvaluateConfig(run="e", bootstrap=20, overwrite=True), progress=False)
     assert res.out_dir == first.out_dir and all(p.is_file() and p.parent.parent == res.out_dir for p in res.plots)
     assert _snapshot(res.out_dir) != before
+
+
+def test_prep_expr_overwrite_that_fails_mid_write_keeps_the_old_tables(tmp_path: Path, small_cohort,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from brcatool.expression import PrepExprConfig, run_prep_expr
+    from brcatool.expression import stage as expr_stage
+
+    wd = Workdir(tmp_path / "wd")
+    cfg = PrepExprConfig(expression=small_cohort.expression, clinical=small_cohort.clinical)
+    run_prep_expr(wd, cfg, progress=False)
+    before = _snapshot(wd.root)
+    real = expr_stage.write_parquet
+
+    def full_disk(df, path, **kw):
+        if "cohort" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(df, path, **kw)
+
+    monkeypatch.setattr(expr_stage, "write_parquet", full_disk)
+    other = PrepExprConfig(**{**cfg.__dict__, "top_genes": 50})
+    with pytest.raises(OSError):
+        run_prep_expr(wd, other, progress=False, overwrite=True)
+    assert _snapshot(wd.root) == before
+    monkeypatch.undo()
+    run_prep_expr(wd, other, progress=False, overwrite=True)
+    assert _snapshot(wd.root) != before and not any(".tmp-" in p.name for p in wd.root.rglob("*"))

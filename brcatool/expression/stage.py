@@ -31,7 +31,7 @@ from brcatool.expression.transforms import (
     select_samples,
     zero_fraction,
 )
-from brcatool.outputs import output_fingerprint
+from brcatool.outputs import output_fingerprint, replacing
 from brcatool.tasks import prepare_labels
 
 
@@ -320,21 +320,25 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
         cohort = build_cohort(set(patients), set(labels["patient_id"].to_list()), set(clinical), wd)
         class_counts = {c: int((labels["target"] == i).sum()) for i, c in enumerate(classes)}
         bar.update(step, advance=1, description="prep-expr: writing tables")
-        manifest_path.unlink(missing_ok=True)  # outputs below replace the old ones: not finished yet
-        write_expression(wd.expression_table, patients, genes, G)
-        write_parquet(labels, wd.labels_table, schema="labels")
-        write_json(wd.recipe_settings, recipe.settings())
-        write_parquet(cohort, wd.cohort_table, schema="cohort")
-        write_yaml(cfg, manifest_path.with_suffix(".yaml"))
-        alignment = alignment_counts(cohort)
-        counts.update(labelled=labels.height, included=alignment["included"])
-        manifest.write(manifest_path, counts=counts, task=task_name, classes=classes,
-                       source={"format": counts["format"], "layout": counts["layout"],
-                               "input_scale": counts["input_scale"], "log_applied": counts["log_applied"]},
-                       dropped=counts["dropped"],
-                       class_counts=class_counts, alignment=alignment, warnings=warnings,
-                       fingerprint=output_fingerprint(files=[wd.expression_table, wd.labels_table,
-                                                             wd.recipe_settings]))
+        # the new tables are built beside the old ones and replace them together, manifest last: a
+        # failure (a full disk) keeps the old outputs whole
+        finals = [wd.expression_table, wd.labels_table, wd.recipe_settings, wd.cohort_table,
+                  manifest_path.with_suffix(".yaml"), manifest_path]
+        with replacing(wd, finals, enabled=any(p.exists() for p in finals), tag="prep-expr") as new:
+            write_expression(new.expression_table, patients, genes, G)
+            write_parquet(labels, new.labels_table, schema="labels")
+            write_json(new.recipe_settings, recipe.settings())
+            write_parquet(cohort, new.cohort_table, schema="cohort")
+            write_yaml(cfg, new.stage_manifest("prep-expr").with_suffix(".yaml"))
+            alignment = alignment_counts(cohort)
+            counts.update(labelled=labels.height, included=alignment["included"])
+            manifest.write(new.stage_manifest("prep-expr"), counts=counts, task=task_name, classes=classes,
+                           source={"format": counts["format"], "layout": counts["layout"],
+                                   "input_scale": counts["input_scale"], "log_applied": counts["log_applied"]},
+                           dropped=counts["dropped"],
+                           class_counts=class_counts, alignment=alignment, warnings=warnings,
+                           fingerprint=output_fingerprint(files=[new.expression_table, new.labels_table,
+                                                                         new.recipe_settings]))
         bar.update(step, advance=2)
     return PrepExprResult(wd.root, outputs, task_name, classes, class_counts, alignment, counts, warnings,
                           seconds=time.perf_counter() - t0)
