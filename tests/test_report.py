@@ -304,6 +304,9 @@ def test_unreadable_files_become_notes(demo_wd: Workdir, tmp_path: Path) -> None
     ev = artifacts.read_json(ext / "metrics.json")
     artifacts.write_json(ext / "metrics.json", {**ev, "scope": "external:cohort-b", "n_patients": 7})
     (run / "eval" / "metrics.json").write_text("{not json")
+    # manifests and sanity records missing their usual keys still render (as far as they go)
+    artifacts.write_json(other / "eval" / "manifest.json", {"stage": "evaluate", "inputs": [{"size": 3}]})
+    artifacts.write_json(run / "sanity.json", {"seed": 1})
     sid = next(wd.qc_dir.glob("*.png")).stem
     (wd.qc_dir / f"{sid}.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     res = run_report(wd, ReportConfig())
@@ -319,6 +322,9 @@ def test_unreadable_files_become_notes(demo_wd: Workdir, tmp_path: Path) -> None
                                                              if r["name"] == other.name)["metrics"]]
     assert "External cohort cohort-b (7 patients" in html
     assert any(s["what"] == f"runs/{other.name}/external/cohort-b" for s in data["provenance"]["stages"])
+    bare = next(s for s in data["provenance"]["stages"] if s["what"] == f"runs/{other.name}/eval")
+    assert bare["versions"] == {} and bare["brcatool"] is None and bare["inputs"][0]["path"] == "?"
+    assert next(r for r in data["runs"]["runs"] if r["name"] == run.name)["sanity"]["kind"] == "sanity check"
     for src in re.findall(r'\ssrc="([^"]*)"', html):
         _decode(src)
 

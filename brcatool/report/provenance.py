@@ -41,16 +41,18 @@ def provenance_section(wd: Workdir, notes: Notes, run_dirs: list[Path]) -> dict[
         man = json_file(man_path, notes)
         if man is None:
             continue
-        inputs = [i for i in man.get("inputs") or [] if isinstance(i, dict)]
+        inputs = [{"path": str(i.get("path", "?")), "size": i.get("size"), "mtime": i.get("mtime")}
+                  for i in man.get("inputs") or [] if isinstance(i, dict)]
+        versions = man.get("versions") if isinstance(man.get("versions"), dict) else {}
         yaml_text = text_file(yaml_path, notes)
         extra = {k: v for k, v in man.items()
                  if k not in ("stage", "params", "inputs", "versions", "started", "finished", "counts")}
         stages.append({
             "command": command, "what": what, "manifest": str(man_path), "stage": man.get("stage", command),
             "started": man.get("started"), "finished": man.get("finished"), "seconds": duration(man),
-            "status": man.get("status"), "versions": man.get("versions") or {},
-            "counts": man.get("counts") or {}, "params": json.dumps(man.get("params") or {}, indent=2,
-                                                                   sort_keys=True, default=str),
+            "status": man.get("status"), "versions": versions, "brcatool": versions.get("brcatool"),
+            "counts": man.get("counts") if isinstance(man.get("counts"), dict) else {},
+            "params": json.dumps(man.get("params") or {}, indent=2, sort_keys=True, default=str),
             "inputs": inputs[:MAX_INPUTS], "more_inputs": max(0, len(inputs) - MAX_INPUTS),
             "extra": json.dumps(extra, indent=2, default=str) if extra else "",
             "yaml": yaml_text, "yaml_path": str(yaml_path),
@@ -59,5 +61,5 @@ def provenance_section(wd: Workdir, notes: Notes, run_dirs: list[Path]) -> dict[
         })
     if not stages:
         return {"ran": False, "hint": f"any stage, e.g. brcatool tile SLIDES_DIR -w {wd.root}"}
-    versions = [s["versions"].get("brcatool") for s in stages if s["versions"].get("brcatool")]
-    return {"ran": True, "stages": stages, "brcatool_versions": sorted(set(versions))}
+    return {"ran": True, "stages": stages,
+            "brcatool_versions": sorted({str(s["brcatool"]) for s in stages if s["brcatool"]})}

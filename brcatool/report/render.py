@@ -59,7 +59,8 @@ def environment() -> Any:
                          fix="pip install 'brcatool[report]'") from None
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              autoescape=jinja2.select_autoescape(["html", "html.j2"]),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             # a manifest or JSON file without some key renders empty, never stops the page
+                             undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, seconds=seconds, size=size, when=when)
     return env
 

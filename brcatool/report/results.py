@@ -63,7 +63,7 @@ def run_info(run_dir: Path, notes: Notes) -> dict[str, Any] | None:
         "fusion": mets.get("fusion") or cfg.get("fusion"),
         "aggregator": mets.get("aggregator") or cfg.get("aggregator"),
         "finished": man.get("finished"), "seconds": duration(man),
-        "sanity": json_file(run_dir / "sanity.json", notes),
+        "sanity": _sanity(json_file(run_dir / "sanity.json", notes)),
         "evaluated": ev is not None, "bootstrap": (ev or {}).get("bootstrap"),
         "metrics": metric_rows(src),
         "folds": fold_table(mets.get("per_fold") or [], (ev or {}).get("per_fold") or []),
@@ -76,6 +76,14 @@ def run_info(run_dir: Path, notes: Notes) -> dict[str, Any] | None:
         "notes": [str(n) for n in (ev or {}).get("notes") or []],
         "external": _externals(run_dir, notes),
     }
+
+
+def _sanity(d: Any) -> dict[str, str] | None:
+    """ablate's ``sanity.json`` of a check run: what was scrambled, of which run."""
+    if not isinstance(d, dict):
+        return None
+    return {"kind": str(d.get("kind") or "sanity check"), "of": str(d.get("of") or "?"),
+            "note": str(d.get("note") or "")}
 
 
 def metric_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
