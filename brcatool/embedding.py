@@ -14,86 +14,25 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, stores
+from brcatool import artifacts
 from brcatool.artifacts import Workdir
 from brcatool.devices import resolve_device, resolve_precision
-from brcatool.encoders.augment import JITTER, Macenko, augment, view_params
-from brcatool.encoders.preprocess import Preprocess, plan_input
+from brcatool.embed_unit import EmbedJob, embed_unit, finished
+from brcatool.encoders.augment import JITTER, Macenko
+from brcatool.encoders.preprocess import plan_input
 from brcatool.encoders.registry import get_encoder
-from brcatool.encoders.runtime import cpu_estimate, default_batch, seconds_per_image
+from brcatool.encoders.runtime import default_batch
 from brcatool.encoders.spec import EncoderSpec
-from brcatool.encoders.weights import build_encoder, resolve_weights
-from brcatool.errors import ArtifactError, InputError
-
-if TYPE_CHECKING:
-    import torch
-
-# --------------------------------------------------------------------------- dataset
-class PatchBatches:
-    """Map-style dataset whose items are whole batches of consecutive patches (across slides).
-
-    Reading contiguous slices of the sharded Zarr arrays is far cheaper than one read per
-    patch; batches span slide ends so they stay full. Picklable for worker processes.
-    """
-
-    def __init__(self, root: Path, segments: list[tuple[str, int]], batch_size: int, *,
-                 views: int = 1, seed: int = 0, stain: Macenko | None = None):
-        self.root, self.segments, self.batch_size = Path(root), segments, batch_size
-        self.views, self.seed, self.stain = views, seed, stain
-        self.starts = np.cumsum([0] + [n for _, n in segments])
-        self.total = int(self.starts[-1])
-        self._arrays: dict[str, Any] = {}
-        self._params: dict[str, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return -(-self.total // self.batch_size)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": {}, "_params": {}}
-
-    def _array(self, slide_id: str):
-        if slide_id not in self._arrays:
-            self._arrays[slide_id] = stores.read_patches(Workdir(self.root), slide_id)
-        return self._arrays[slide_id]
-
-    def _aug(self, slide_id: str, n: int) -> np.ndarray:
-        if slide_id not in self._params:
-            self._params = {slide_id: np.stack(
-                [view_params(self.seed, slide_id, v, n) for v in range(1, self.views)])}
-        return self._params[slide_id]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
-        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.total)
-        pix, aug = [], []
-        s = int(np.searchsorted(self.starts, lo, side="right") - 1)
-        while lo < hi:
-            slide_id, n = self.segments[s]
-            a, b = lo - self.starts[s], min(hi, self.starts[s + 1]) - self.starts[s]
-            pix.append(np.asarray(self._array(slide_id)[a:b]))
-            if self.views > 1:
-                aug.append(self._aug(slide_id, n)[:, a:b])
-            lo, s = self.starts[s] + b, s + 1
-        arr = np.concatenate(pix)
-        if self.stain is not None:
-            arr = np.stack([self.stain(p) for p in arr])
-        out = {"pixels": torch.from_numpy(arr)}
-        out["aug"] = torch.from_numpy(np.concatenate(aug, axis=1)) if aug else torch.zeros(0)
-        return out
-
-
-def _worker_init(_: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)
+from brcatool.encoders.weights import resolve_weights
+from brcatool.errors import ArtifactError, BrcaError, InputError
+from brcatool.executors import RunOptions, balanced_shards, make_executor
+from brcatool.patch_readers import PatchBatches, SlideBatches, SlideSource, _worker_init  # noqa: F401
 
 
 # --------------------------------------------------------------------------- the stage
@@ -112,6 +51,9 @@ class EmbedConfig:
     precision: str = "auto"
     batch_size: int | None = None  # None: 256 on CUDA, 32 on CPU (less for ViT-L/H/g, per encoder)
     num_workers: int | None = None  # None: min(8, CPUs) on CUDA, 1 on CPU (cores go to the CNN)
+    shard: str | None = None  # "K/N": embed a balanced subset of the slides (Slurm arrays)
+    dask: str | None = None  # Dask scheduler address or "local:N": one task per batch of slides
+    merge: bool = False  # only write index.parquet and the manifest from the finished slides
     overwrite: bool = False
 
 
@@ -131,6 +73,8 @@ class EmbedResult:
     patches_per_s: float  # model build excluded, worker start-up and first batch included
     steady_patches_per_s: float  # after the first batch arrived
     params: dict[str, Any] = field(default_factory=dict)
+    pending: int = 0  # slides left to other shards/processes (index and manifest not written yet)
+    took_over: int = 0  # stale slide locks taken over (their process had died)
 
 
 @dataclass(frozen=True)
@@ -139,6 +83,8 @@ class _PatchIndex:
     patients: dict[str, str]  # slide -> patient
     patch_size: int
     reference: Callable[[], np.ndarray]  # reads the most-tissue patch (stain reference) on demand
+    sources: dict[str, SlideSource] | None = None  # tile --no-pixels: where to read each slide
+    target_mpp: float | None = None
 
 
 def loader_defaults(device: str, cfg: EmbedConfig, spec: EncoderSpec | None = None) -> tuple[int, int]:
@@ -153,6 +99,9 @@ def loader_defaults(device: str, cfg: EmbedConfig, spec: EncoderSpec | None = No
 def _segments(wd: Workdir) -> _PatchIndex:
     """The patch table and store, read once and checked against each other."""
     table = artifacts.read_parquet(wd.patches_table, schema="patches", made_by="tile")
+    tile = artifacts.read_json(wd.stage_manifest("tile")) if wd.stage_manifest("tile").is_file() else {}
+    if tile.get("params", {}).get("no_pixels"):
+        return _slide_index(wd, table, float(tile["params"]["target_mpp"]))
     wd.require(wd.patches_zarr, made_by="tile")
     group = artifacts.open_group(wd.patches_zarr, schema="patch-store")
     counts = table.group_by("slide_id", maintain_order=True).len()
@@ -184,6 +133,36 @@ def _segments(wd: Workdir) -> _PatchIndex:
     return _PatchIndex(segments, patients, sizes.pop()[0], reference)
 
 
+def _slide_index(wd: Workdir, table: Any, target_mpp: float) -> _PatchIndex:
+    """After ``tile --no-pixels``: each slide's file, level-0 mpp and patch corners (patch order)."""
+    slides_df = artifacts.read_parquet(wd.slides_table, schema="slides", made_by="tile")
+    info = {r["slide_id"]: r for r in slides_df.iter_rows(named=True)}
+    sizes = set(table["size"].unique().to_list())
+    if len(sizes) > 1:
+        raise ArtifactError(f"patches of several sizes {sorted(sizes)}", path=wd.patches_table,
+                            fix="tile again with one --patch-size")
+    if table.height == 0:
+        raise ArtifactError("lists no patches", path=wd.patches_table,
+                            fix="check `brcatool tile` found tissue (see slides.parquet)")
+    segments, sources = [], {}
+    for (sid,), part in table.group_by("slide_id", maintain_order=True):
+        part = part.sort("patch_index")
+        row = info[sid]
+        sources[sid] = SlideSource(path=row["path"], mpp0=float(row["mpp"]),
+                                   xy=part.select("x", "y").to_numpy().astype(np.int64),
+                                   level=int(part["level"][0]), size=int(part["size"][0]))
+        segments.append((sid, part.height))
+    patients = dict(zip(table["slide_id"], table["patient_id"], strict=True))
+
+    def reference() -> np.ndarray:
+        best = table.sort(["tissue_fraction", "slide_id", "patch_index"],
+                          descending=[True, False, False]).row(0, named=True)
+        reader = SlideBatches(wd.root, [], 1, sources=sources, target_mpp=target_mpp)
+        return reader.read(best["slide_id"], best["patch_index"], best["patch_index"] + 1)[0]
+
+    return _PatchIndex(segments, patients, sizes.pop(), reference, sources, target_mpp)
+
+
 def _stain(cfg: EmbedConfig, reference: Callable[[], np.ndarray]) -> Macenko | None:
     if cfg.stain_norm == "none":
         return None
@@ -199,55 +178,6 @@ def _stain(cfg: EmbedConfig, reference: Callable[[], np.ndarray]) -> Macenko | N
     return Macenko.fit(reference())
 
 
-class _SlideSink:
-    """Collects batches (which may straddle slides); each full slide is checked and written in a
-    background thread while the next batches compute (one write in flight: memory stays bounded).
-    A context manager: leaving it waits for the last write and re-raises its error."""
-
-    def __init__(self, wd: Workdir, encoder: str, segments: list[tuple[str, int]], views: int,
-                 dim: int, attrs: dict[str, Any]):
-        self.wd, self.encoder, self.attrs = wd, encoder, attrs
-        self.todo = iter(segments)
-        self.views, self.dim = views, dim
-        self.slide, self.n, self.filled, self.buf = "", 0, 0, np.empty(0)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="embed-write")
-        self.pending: Future | None = None
-
-    def __enter__(self) -> _SlideSink:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        try:
-            if self.pending is not None and exc_type is None:
-                self.pending.result()
-        finally:
-            self.pool.shutdown(wait=True)
-
-    def _write(self, slide: str, buf: np.ndarray) -> None:
-        if not np.isfinite(buf).all():
-            raise ArtifactError(f"non-finite features for slide {slide}",
-                                path=self.wd.features_dir(self.encoder), fix="try --precision fp32")
-        stores.write_features(self.wd, self.encoder, slide, buf, attrs=self.attrs)
-
-    def add(self, feats: torch.Tensor, ready: Any = None) -> int:
-        if ready is not None:
-            ready.synchronize()
-        out = feats.numpy()
-        pos = 0
-        while pos < out.shape[1]:
-            if self.filled == self.n:
-                self.slide, self.n = next(self.todo)
-                self.filled, self.buf = 0, np.empty((self.views, self.n, self.dim), np.float16)
-            take = min(self.n - self.filled, out.shape[1] - pos)
-            self.buf[:, self.filled:self.filled + take] = out[:, pos:pos + take]
-            self.filled, pos = self.filled + take, pos + take
-            if self.filled == self.n:
-                if self.pending is not None:
-                    self.pending.result()  # the previous slide's write (and its error, if any)
-                self.pending = self.pool.submit(self._write, self.slide, self.buf)
-        return out.shape[1]
-
-
 def _tile_params_hash(wd: Workdir) -> str | None:
     path = wd.stage_manifest("tile")
     return _params_hash(artifacts.read_json(path).get("params", {})) if path.is_file() else None
@@ -258,30 +188,8 @@ def _params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            return Text(f"{task.speed or 0:,.1f} patches/s")
-
-    return Progress(TextColumn("embed {task.description}"), BarColumn(), MofNCompleteColumn(),
-                    Rate(), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled)
-
-
 def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) -> EmbedResult:
     """Embed every slide of the patch store with ``cfg.encoder``; resume slides already done."""
-    import torch
     from rich.console import Console
 
     from brcatool.config import write_yaml
@@ -331,65 +239,37 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
             "are only good for tests and demos. Use --weights imagenet, hf:ORG/NAME or PATH.")
 
     phash = _params_hash(params)
-    existing = set(stores.feature_slides(wd, spec.name))
-    group = artifacts.open_group(wd.features_zarr(spec.name), schema="feature-store") if existing else None
-    done = {s for s, n in segments if s in existing
-            and group[s].attrs.get("params_hash") == phash and group[s].shape == (cfg.views, n, spec.dim)}
-    todo = [(s, n) for s, n in segments if s not in done]
-
+    opts = _run_options(cfg)
     bs, workers = loader_defaults(device, cfg, spec)
-    total = sum(n for _, n in todo)
-    loop_start = first_at = time.perf_counter()
-    first_n = 0
-    if todo:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-        model = build_encoder(spec, weights, seed=cfg.seed).to(device, memory_format=torch.channels_last)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        if device == "cpu" and spec.big:  # a ViT-L/H/g on a CPU: say how long before starting
-            cast = torch.autocast("cpu", dtype=amp) if amp is not None else None
-            Console(stderr=True).print("[bold yellow]note:[/] " + cpu_estimate(
-                spec, total, cfg.views, seconds_per_image(model, input_size, autocast=cast)))
-        loop_start = time.perf_counter()
-        data = PatchBatches(wd.root, todo, bs, views=cfg.views, seed=cfg.seed, stain=stain)
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device == "cuda",
-            worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None)
-        pre = Preprocess(spec, plan, device)
-        prev = None
-        with _SlideSink(wd, spec.name, todo, cfg.views, spec.dim, {"params_hash": phash}) as sink, \
-                _progress(progress) as bar, torch.inference_mode(), \
-                torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
-            task = bar.add_task(f"{spec.name} ({device}, {precision})", total=total)
-            for batch in loader:
-                px = batch["pixels"].to(device, non_blocking=True)
-                x = px.permute(0, 3, 1, 2).float().div_(255)  # NHWC memory = channels_last
-                aug = batch["aug"]  # stays on the host: augment() reads it without a GPU sync
-                b = x.shape[0]
-                if device == "cuda" and b < bs:  # one input shape: no second cuDNN autotune
-                    x = torch.cat([x, x.new_zeros((bs - b, *x.shape[1:]))]).contiguous(
-                        memory_format=torch.channels_last)
-                    if cfg.views > 1:  # identity augmentation for the padding
-                        pad = aug.new_tensor([1, 1, 1, 0, 0]).expand(aug.shape[0], bs - b, 5)
-                        aug = torch.cat([aug, pad], dim=1)
-                feats = []
-                for v in range(cfg.views):
-                    xv = x if v == 0 else augment(x, aug[v - 1])
-                    feats.append(model(pre(xv)).float())
-                # copy back without waiting; the previous batch is stored while this one computes
-                host = torch.stack(feats)[:, :b].to(torch.float16).to("cpu", non_blocking=True)
-                done_evt = torch.cuda.Event() if device == "cuda" else None
-                if done_evt is not None:
-                    done_evt.record()
-                if prev is not None:
-                    bar.advance(task, sink.add(*prev))
-                if not first_n:
-                    first_n, first_at = host.shape[1], time.perf_counter()
-                prev = (host, done_evt)
-            if prev is not None:
-                bar.advance(task, sink.add(*prev))
-    loop_end = time.perf_counter()
-    loop_seconds = loop_end - loop_start
-    steady = (total - first_n) / (loop_end - first_at) if total > first_n and loop_end > first_at else 0.0
+    job = EmbedJob(wd=wd, encoder=spec.name, weights=weights, plan=plan, seed=cfg.seed,
+                   device=device, precision=precision, batch_size=bs, num_workers=workers,
+                   views=cfg.views, stain=stain, phash=phash, sources=index.sources,
+                   target_mpp=index.target_mpp, progress=progress and opts.executor_name() == "serial")
+    done = finished(wd, spec.name, phash, segments, cfg.views, spec.dim)
+    mine = segments
+    if opts.shard_spec is not None:
+        take = set(opts.shard_spec.take({s: n for s, n in segments}))
+        mine = [(s, n) for s, n in segments if s in take]
+    todo = [] if opts.merge else [(s, n) for s, n in mine if s not in done]
+    stats = _dispatch(job, todo, opts, progress)
+    total, loop_seconds = stats["patches"], stats["loop"]
+    first_n, first_at = stats["first"]
+    steady = ((total - first_n) / (loop_seconds - first_at)
+              if total > first_n and loop_seconds > first_at else 0.0)
+    pending = len(segments) - len(finished(wd, spec.name, phash, segments, cfg.views, spec.dim))
+    if stats["failed"]:
+        sid, err = next(iter(stats["failed"].items()))
+        raise ArtifactError(f"{len(stats['failed'])} slide(s) failed to embed (first: {sid}: {err})",
+                            path=fdir, fix="fix the cause and re-run the same command (finished slides "
+                                           "are kept)")
+    if pending:
+        if opts.merge:
+            raise ArtifactError(f"{pending} slide(s) are not embedded yet", path=fdir,
+                                fix="run the remaining shards (or embed without --shard) first")
+        rate = total / loop_seconds if total and loop_seconds > 0 else 0.0
+        return EmbedResult(fdir, spec.name, weights.identity, spec.dim, cfg.views, device, precision,
+                           len(todo), len(done), total, time.perf_counter() - t0, rate, steady, params,
+                           pending=pending, took_over=len(stats["took_over"]))
 
     import polars as pl
 
@@ -410,10 +290,62 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                    weights_detail={"source": weights.source, "file": weights.file,
                                    "sha256": weights.sha256},
                    runtime={"device": device, "batch_size": bs, "num_workers": workers,
+                            "executor": opts.executor_name(), "unit_seconds": round(stats["unit_seconds"], 3),
                             "seconds": round(seconds, 3), "patches_per_s": round(rate, 2),
                             "steady_patches_per_s": round(steady, 2)})
     return EmbedResult(fdir, spec.name, weights.identity, spec.dim, cfg.views, device, precision,
-                       len(todo), len(done), total, seconds, rate, steady, params)
+                       len(todo), len(done), total, seconds, rate, steady, params,
+                       took_over=len(stats["took_over"]))
+
+
+UNITS_PER_SLOT = 2  # Dask: units per worker thread (balance), each a batch of slides
+
+
+def _run_options(cfg: EmbedConfig) -> RunOptions:
+    opts = RunOptions(shard=cfg.shard, dask=cfg.dask, merge=cfg.merge)
+    opts.validate()
+    if cfg.overwrite and cfg.shard:
+        raise InputError("--overwrite with --shard would let each shard replace the others' work",
+                         fix="run `brcatool embed --overwrite` once without --shard, then start the shards")
+    return opts
+
+
+def _dispatch(job: EmbedJob, todo: list[tuple[str, int]], opts: RunOptions,
+              progress: bool) -> dict[str, Any]:
+    """Run the units over ``todo`` on the chosen executor; totals of what they did."""
+    stats: dict[str, Any] = {"patches": 0, "loop": 0.0, "first": (0, 0.0), "failed": {},
+                             "took_over": [], "unit_seconds": 0.0}
+    if not todo:
+        return stats
+    from brcatool.embed_unit import _progress
+
+    t0 = time.perf_counter()
+    with make_executor(opts) as ex:
+        n_units = 1 if ex.name == "serial" else min(len(todo), ex.slots * UNITS_PER_SLOT)
+        groups = [set(g) for g in balanced_shards(dict(todo), n_units)]
+        units = [[seg for seg in todo if seg[0] in g] for g in groups if g]
+
+        def failed(job_: tuple, exc: BaseException) -> dict[str, Any]:
+            msg = exc.one_line() if isinstance(exc, BrcaError) else f"{type(exc).__name__}: {exc}"
+            return {"error": " ".join(msg.split())[:300]}
+
+        with _progress(progress and ex.name != "serial") as bar:
+            task = bar.add_task(f"{job.encoder} ({ex.name})", total=sum(n for _, n in todo))
+            for (_, segs), res in ex.map(embed_unit, [(job, u) for u in units], failed):
+                if "error" in res:
+                    stats["failed"].update({s: res["error"] for s, _ in segs})
+                    continue
+                stats["patches"] += res["patches"]
+                stats["unit_seconds"] += res["seconds"]
+                stats["took_over"] += res["took_over"]
+                if ex.name == "serial":
+                    stats["loop"], stats["first"] = res["loop"], res["first"]
+                elif not stats["first"][0] and res["patches"]:
+                    stats["first"] = (res["patches"], time.perf_counter() - t0)
+                bar.advance(task, sum(n for _, n in segs))
+    if ex.name != "serial":
+        stats["loop"] = time.perf_counter() - t0
+    return stats
 
 
 # --------------------------------------------------------------------------- for downstream stages

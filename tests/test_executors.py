@@ -176,3 +176,95 @@ def test_two_concurrent_runs_never_tile_one_slide_twice(cohort, tmp_path: Path) 
     assert sum(processed) == total  # every slide tiled by exactly one of the two
     _assert_same(_snapshot(ref), _snapshot(Workdir(wd)))
     assert pl.read_parquet(Workdir(wd).patches_table).height > 0
+
+
+# --------------------------------------------------------------------------- embed, run four ways
+def _embed_cfg(**kw):  # noqa: ANN003, ANN202
+    from brcatool.embedding import EmbedConfig
+
+    base = dict(encoder="resnet18", weights="random", batch_size=8, num_workers=0, precision="fp32",
+                device="cpu", input_size=32)
+    return EmbedConfig(**{**base, **kw})
+
+
+def _features(wd: Workdir) -> dict[str, np.ndarray]:
+    return {s: stores.read_features(wd, "resnet18", s) for s in stores.feature_slides(wd, "resnet18")}
+
+
+@pytest.fixture(scope="module")
+def embedded(cohort, tmp_path_factory: pytest.TempPathFactory):
+    from brcatool.embedding import run_embed
+
+    _, _, ref = cohort
+    wd = Workdir(tmp_path_factory.mktemp("embedded") / "w")
+    import shutil
+
+    shutil.copytree(ref.root, wd.root)
+    run_embed(wd, _embed_cfg(), progress=False)
+    return wd, _features(wd), pl.read_parquet(wd.features_index("resnet18"))
+
+
+def _assert_same_features(embedded, wd: Workdir) -> None:
+    _, feats, index = embedded
+    got = _features(wd)
+    assert got.keys() == feats.keys() and feats
+    for sid, arr in feats.items():
+        assert np.array_equal(arr, got[sid]), sid
+    assert pl.read_parquet(wd.features_index("resnet18")).equals(index)
+    from brcatool.embedding import feature_manifest
+
+    assert feature_manifest(wd, "resnet18")["status"] == "complete"
+
+
+def _fresh(cohort, tmp_path: Path) -> Workdir:
+    import shutil
+
+    _, _, ref = cohort
+    wd = Workdir(tmp_path / "w")
+    shutil.copytree(ref.root, wd.root)
+    return wd
+
+
+def test_embed_shards_then_merge_equal_serial(cohort, embedded, tmp_path: Path) -> None:
+    from brcatool.embedding import run_embed
+
+    wd = _fresh(cohort, tmp_path)
+    first = run_embed(wd, _embed_cfg(shard="2/2"), progress=False)
+    assert first.pending > 0 and not wd.features_index("resnet18").exists()
+    with pytest.raises(ArtifactError, match="not embedded yet"):
+        run_embed(wd, _embed_cfg(merge=True), progress=False)
+    last = run_embed(wd, _embed_cfg(shard="1/2"), progress=False)
+    assert last.pending == 0 and first.slides_embedded + last.slides_embedded == len(embedded[1])
+    _assert_same_features(embedded, wd)
+
+
+def test_embed_concurrent_shard_processes_equal_serial(cohort, embedded, tmp_path: Path) -> None:
+    wd = _fresh(cohort, tmp_path)
+    args = ["-w", str(wd.root), "--encoder", "resnet18", "--weights", "random", "--batch-size", "8",
+            "--num-workers", "0", "--precision", "fp32", "--device", "cpu", "--input-size", "32", "-q"]
+    procs = [subprocess.Popen([*BRCATOOL, "embed", *args, "--shard", f"{k}/2"], stderr=subprocess.PIPE,
+                              text=True) for k in (1, 2)]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    _assert_same_features(embedded, wd)
+
+
+def test_embed_dask_local_cluster_equals_serial(cohort, embedded, tmp_path: Path) -> None:
+    from brcatool.embedding import run_embed
+
+    wd = _fresh(cohort, tmp_path)
+    res = run_embed(wd, _embed_cfg(dask="local:2"), progress=False)
+    assert res.pending == 0 and res.slides_embedded == len(embedded[1])
+    _assert_same_features(embedded, wd)
+
+
+def test_no_pixels_embed_equals_stored_pixels(cohort, embedded, tmp_path: Path) -> None:
+    from brcatool.embedding import run_embed
+
+    files, cfg, ref = cohort
+    wd = Workdir(tmp_path / "w")
+    result = run_tile(wd, dataclasses.replace(cfg, no_pixels=True), progress=False)
+    assert result.n_patches > 0 and not wd.patches_zarr.exists()
+    assert artifacts.read_parquet(wd.patches_table, schema="patches").equals(
+        artifacts.read_parquet(ref.patches_table, schema="patches"))
+    run_embed(wd, _embed_cfg(), progress=False)  # reads every patch from its slide
+    _assert_same_features(embedded, wd)

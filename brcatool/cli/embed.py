@@ -9,9 +9,12 @@ import typer
 
 from brcatool.cli.common import (
     ConfigOpt,
+    DaskOpt,
+    MergeOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
+    ShardOpt,
     WorkdirOpt,
     console,
     default_workdir,
@@ -59,6 +62,9 @@ def embed(
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
+    dask: DaskOpt = None,
+    merge: MergeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Encode every patch with an encoder into features/<encoder>/features.zarr (resumable per slide)."""
@@ -68,9 +74,16 @@ def embed(
 
     cfg = EmbedConfig(encoder=encoder, weights=weights, input_size=input_size, stain_norm=stain_norm,
                       stain_ref=stain_ref, views=views, seed=seed, device=device, precision=precision,
-                      batch_size=batch_size, num_workers=num_workers, overwrite=overwrite)
+                      batch_size=batch_size, num_workers=num_workers, shard=shard, dask=dask,
+                      merge=merge, overwrite=overwrite)
     res = run_embed(workdir, cfg, progress=not quiet)
     if quiet:
+        return
+    if res.took_over:
+        console.print(f"took over {res.took_over} stale slide lock(s) of processes that had died")
+    if res.pending:
+        console.print(f"embed: this run's slides are done; {res.pending} slide(s) are left to other "
+                      "shards/processes (the last to finish writes the index, or run with --merge)")
         return
     table = Table(title=f"embed: {res.features_dir}", show_header=False)
     for key, value in [
