@@ -168,7 +168,10 @@ def lookup(name: str) -> EncoderSpec | None:
         net = timm.create_model(arch, pretrained=False, num_classes=0)
     cfg = dict(net.pretrained_cfg)
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    dim = int(net(torch.empty(1, 3, size, size, device="meta")).shape[-1])
+    try:  # the pooled output's size; some layers have no meta kernel: then timm's own count
+        dim = int(net(torch.empty(1, 3, size, size, device="meta")).shape[-1])
+    except (RuntimeError, NotImplementedError):
+        dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
     big = sum(p.numel() for p in net.parameters()) > 100e6
     # timm's eval transform: Resize(floor(size / crop_pct), interpolation) then CenterCrop(size)
     return EncoderSpec(
