@@ -205,7 +205,7 @@ def test_runs_restricted_and_train_only(train_only: Workdir, tmp_path: Path) -> 
     assert "brcatool evaluate --run quick" in html and "train only" in html
     assert not res.sections["interpretability"] and not res.sections["ablation"]
     # make_prepared_workdir writes slides.parquet but no QC images: cards without thumbnails
-    assert res.sections["slides"] and "image missing or unreadable" in html
+    assert res.sections["slides"] and "QC image missing or unreadable" in html
 
 
 def test_ablation_section(demo_wd: Workdir, demo_data: dict) -> None:

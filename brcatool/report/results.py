@@ -215,13 +215,20 @@ def _prose(md: str) -> list[str]:
 
 
 def _best(rows: list[dict[str, Any]], headline: list[str]) -> dict[str, Any] | None:
-    """The best model (sanity checks aside) by PR-AUC, else by the first metric of the table."""
+    """The best model (sanity checks aside) by PR-AUC, else by the first metric of the table; its pooled
+    value (with CI) when the table has one, else its fold mean (with sd)."""
     if not headline:
         return None
     i = headline.index("pr_auc") if "pr_auc" in headline else 0
-    scored = [(r["cells"][i]["mean"], r) for r in rows
-              if not r["sanity"] and r["cells"][i]["mean"] is not None]
+
+    def value(r: dict[str, Any]) -> float | None:
+        c = r["cells"][i]
+        return c["pooled"] if c["pooled"] is not None else c["mean"]
+
+    scored = [(value(r), r) for r in rows if not r["sanity"] and value(r) is not None]
     if not scored:
         return None
-    mean, row = max(scored, key=lambda t: t[0])
-    return {"model": row["model"], "metric": label(headline[i]), "mean": mean, "sd": row["cells"][i]["sd"]}
+    v, row = max(scored, key=lambda t: t[0])
+    c = row["cells"][i]
+    return {"model": row["model"], "metric": label(headline[i]), "value": v,
+            "pooled": c["pooled"] is not None, "sd": c["sd"], "lo": c["lo"], "hi": c["hi"]}
