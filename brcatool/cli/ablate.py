@@ -116,20 +116,21 @@ def print_summary(result: Any) -> None:
     """The ablation table (also used by `brcatool demo`): pooled values [95 % CI] on the common patients."""
     from rich.table import Table
 
-    from brcatool.ablation import LABELS, TABLE_METRICS
+    from brcatool.ablation import LABELS
 
+    shown = ("f1", "pr_auc", "roc_auc")  # fits 80 columns; MCC and the fold mean ± sd in summary.md
     ref = result.reference
     table = Table(title=f"Ablation {result.name}: pooled out-of-fold [95 % CI] on the same "
                         f"{result.n_common} patients")
     table.add_column("model")
-    for m in TABLE_METRICS:
+    for m in shown:
         table.add_column(LABELS[m], justify="right")
     if ref:
         table.add_column(f"Δ PR-AUC\nvs {ref} (p)", justify="right")
     for r in result.summary.to_dicts():
         cells = [f"{fmt_metric(r[f'{m}_pooled'])}\n"  # two lines: fits 80 columns
                  f"[dim][{fmt_metric(r[f'{m}_ci_low'], 2)},{fmt_metric(r[f'{m}_ci_high'], 2)}][/]"
-                 for m in TABLE_METRICS]
+                 for m in shown]
         if ref:
             p = r["pr_auc_diff_p"]
             cells.append(f"{fmt_metric(r['pr_auc_diff_pooled'], sign=True)}\n"
