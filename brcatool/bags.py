@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,16 +137,22 @@ def load_bags(wd: Workdir, encoder: str, per_patient: dict[int, list[tuple[int, 
         group = stores.feature_group(wd, encoder)
         with artifacts.atomic_path(path) as tmp, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("packing feature bags", total=len(order))
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(V, max(total, 1), D))
-            at = 0
-            for sid, n in order:
-                arr = slide_features(wd, encoder, group, sid, n, V, D)
-                out[:, at:at + n] = arr[:V]
-                at += n
-                del arr
-                out.flush()
-                bar.advance(task)
-            del out
+            # plain positioned writes, not a writable memory map: written pages of a map count
+            # in this process's RSS until it ends, which is what the cache exists to avoid
+            rows = max(total, 1)
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(
+                    np.dtype(np.float16)), "fortran_order": False, "shape": (V, rows, D)})
+                head = fh.tell()
+                fh.truncate(head + V * rows * D * 2)
+                at = 0
+                for sid, n in order:
+                    arr = slide_features(wd, encoder, group, sid, n, V, D)
+                    for v in range(V):
+                        os.pwrite(fh.fileno(), np.ascontiguousarray(arr[v], np.float16).tobytes(),
+                                  head + (v * rows + at) * D * 2)
+                    at += n
+                    bar.advance(task)
     data = np.load(path, mmap_mode="r")
     if data.shape != (V, max(total, 1), D):
         raise ArtifactError(f"holds {data.shape}, expected {(V, total, D)}", path=path,
