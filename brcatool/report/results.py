@@ -19,7 +19,7 @@ LABELS = {"f1": "F1", "pr_auc": "PR-AUC", "roc_auc": "ROC-AUC", "accuracy": "Acc
           "balanced_accuracy": "Balanced accuracy", "brier": "Brier (lower is better)"}
 #: Evaluate's figures in reading order; other PNGs in the folder follow, sorted.
 PLOT_ORDER = ("pr_curve.png", "roc_curve.png", "confusion.png", "calibration.png", "training_curves.png")
-#: Ablation columns per metric, as ``<metric>_<suffix>``.
+#: Metrics of the ablation's main table, when summary.parquet has them (``<metric>_mean``, ...).
 ABLATION_HEADLINE = ("f1", "pr_auc", "roc_auc", "mcc")
 FOLD_KEYS = ("repeat", "fold", "n", "threshold", "best_epoch")
 
