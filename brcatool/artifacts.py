@@ -314,7 +314,8 @@ def read_parquet(path: str | Path, *, schema: str, made_by: str | None = None):
                and not df[c].is_finite().all()]
         if bad:
             raise ArtifactError(f"holds NaN or infinite values in {', '.join(bad)}", path=path,
-                                fix=f"re-run `brcatool {made_by or 'the stage that wrote it'}` (with --overwrite)")
+                                fix=f"re-run `brcatool {made_by or 'the stage that wrote it'}` "
+                                    "(with --overwrite)")
     return df
 
 

@@ -8,10 +8,10 @@ computed here, once, so training never runs the encoder. ``run_embed`` is resuma
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts
+from brcatool import artifacts, outputs, stores
 from brcatool.artifacts import Workdir
 from brcatool.devices import resolve_device, resolve_precision
 from brcatool.embed_unit import EmbedJob, embed_unit, finished
@@ -109,7 +109,7 @@ def _segments(wd: Workdir) -> _PatchIndex:
     segments, sizes = [], set()
     for slide_id, n in counts.iter_rows():
         try:
-            arr = group[slide_id]
+            arr = stores.member(group, slide_id)
         except KeyError:
             raise ArtifactError(f"has no patches for slide {slide_id}", path=wd.patches_zarr,
                                 fix="re-run `brcatool tile --overwrite`") from None
@@ -128,7 +128,7 @@ def _segments(wd: Workdir) -> _PatchIndex:
     def reference() -> np.ndarray:
         best = table.sort(["tissue_fraction", "slide_id", "patch_index"],
                           descending=[True, False, False]).row(0, named=True)
-        return np.asarray(group[best["slide_id"]][best["patch_index"]])
+        return np.asarray(stores.member(group, best["slide_id"])[best["patch_index"]])
 
     return _PatchIndex(segments, patients, sizes.pop()[0], reference)
 
@@ -179,8 +179,12 @@ def _stain(cfg: EmbedConfig, reference: Callable[[], np.ndarray]) -> Macenko | N
 
 
 def _tile_params_hash(wd: Workdir) -> str | None:
+    """The tile output's fingerprint (its content), else a hash of its parameters (older manifests)."""
     path = wd.stage_manifest("tile")
-    return _params_hash(artifacts.read_json(path).get("params", {})) if path.is_file() else None
+    if not path.is_file():
+        return None
+    man = artifacts.read_json(path)
+    return man.get("fingerprint") or _params_hash(man.get("params", {}))
 
 
 def _params_hash(params: dict[str, Any]) -> str:
@@ -189,7 +193,27 @@ def _params_hash(params: dict[str, Any]) -> str:
 
 
 def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) -> EmbedResult:
-    """Embed every slide of the patch store with ``cfg.encoder``; resume slides already done."""
+    """Embed every slide of the patch store with ``cfg.encoder``; resume slides already done.
+
+    Under the encoder's stage lock (a second run refuses with one line); debris of an interrupted
+    run is removed first; ``--overwrite`` builds the new features beside the old ones and swaps
+    them in only when the run succeeded (a bad weights file leaves the old features intact).
+    """
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    fdir = wd.features_dir(get_encoder(cfg.encoder).name)
+    # shards run side by side under per-slide locks: each its own stage lock, and none of them
+    # may clean up temporaries (they could be another shard's slide in flight)
+    key = f"embed-{fdir.name}" + (f"-shard-{cfg.shard.replace('/', '-of-')}" if cfg.shard else "")
+    with outputs.stage_lock(wd, key):
+        for folder, finals in () if cfg.shard else (
+                (fdir.parent, None), (fdir, None), (fdir / "features.zarr", None)):
+            outputs.clean_debris(folder, finals)
+        with outputs.replacing(wd, [fdir], enabled=cfg.overwrite and fdir.exists(), tag="embed") as swd:
+            res = _embed(swd, cfg, progress=progress)
+    return dataclasses.replace(res, features_dir=fdir)
+
+
+def _embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) -> EmbedResult:
     from rich.console import Console
 
     from brcatool.config import write_yaml
@@ -226,8 +250,6 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
         params.update(preprocess=plan.describe(), output=spec.output)
     fdir = wd.features_dir(spec.name)
     manifest_path = fdir / "manifest.json"
-    if cfg.overwrite and fdir.exists():
-        shutil.rmtree(fdir)
     artifacts.check_params(manifest_path, params, overwrite=cfg.overwrite,
                            what=f"features of encoder {spec.name!r}")
     manifest = artifacts.Manifest("embed", params)
@@ -292,7 +314,9 @@ def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = Tru
                    runtime={"device": device, "batch_size": bs, "num_workers": workers,
                             "executor": opts.executor_name(), "unit_seconds": round(stats["unit_seconds"], 3),
                             "seconds": round(seconds, 3), "patches_per_s": round(rate, 2),
-                            "steady_patches_per_s": round(steady, 2)})
+                            "steady_patches_per_s": round(steady, 2)},
+                   consumed=[outputs.consumed(wd, "tile", wd.stage_manifest("tile"))],
+                   fingerprint=outputs.output_fingerprint(params, files=[wd.features_index(spec.name)]))
     return EmbedResult(fdir, spec.name, weights.identity, spec.dim, cfg.views, device, precision,
                        len(todo), len(done), total, seconds, rate, steady, params,
                        took_over=len(stats["took_over"]))

@@ -259,7 +259,8 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
                             rerun=f"train --name {run_dir.name} --overwrite")
         for enc in _run_encoders(run_dir):
             outputs.check_fresh(wd, wd.features_dir(enc) / "manifest.json",
-                                what=f"features of encoder {enc!r}", rerun=f"embed --encoder {enc} --overwrite")
+                                what=f"features of encoder {enc!r}",
+                                rerun=f"embed --encoder {enc} --overwrite")
     params = {**cfg.params(), "run": run_dir.name}
     manifest = Manifest("evaluate", params)
     from brcatool.training import fold_model_paths

@@ -25,7 +25,8 @@ def _bomb(width: int, depth: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize(("width", "depth"), [(w, d) for w, d in itertools.product((2, 3, 5, 9, 30), (2, 4, 9, 20))
+@pytest.mark.parametrize(("width", "depth"), [(w, d) for w, d in itertools.product((2, 3, 5, 9, 30),
+                                                                                  (2, 4, 9, 20))
                                               if w ** d > MAX_YAML_VALUES])
 def test_alias_bombs_are_refused_fast(tmp_path: Path, width: int, depth: int) -> None:
     path = tmp_path / "bomb.yaml"

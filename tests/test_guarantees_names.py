@@ -75,7 +75,8 @@ def test_stores_keep_every_id_inside_one_store_and_round_trip(tmp_path: Path) ->
     outside = [p for p in tmp_path.rglob("*") if not _inside(p, wd.root) and p != wd.root]
     assert outside == []
     assert (wd.patches_zarr / "zarr.json").is_file()
-    Manifest("embed", {"encoder": "hf-hub:org/model"}).write(wd.features_dir("hf-hub:org/model") / "manifest.json")
+    enc = "hf-hub:org/model"
+    Manifest("embed", {"encoder": enc}).write(wd.features_dir(enc) / "manifest.json")
     assert wd.available_encoders() == ["hf-hub:org/model"]  # the name, not the folder's
 
 

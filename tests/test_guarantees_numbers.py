@@ -4,8 +4,6 @@ and so is evaluating a run whose stored predictions hold NaN (e.g. made by an ol
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import pytest

@@ -132,7 +132,8 @@ def test_tile_overwrite_that_fails_late_keeps_the_old_outputs(tmp_path: Path, sm
     assert not any(".tmp-" in p.name for p in wd.root.rglob("*"))
 
 
-def test_train_overwrite_that_fails_keeps_the_old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_overwrite_that_fails_keeps_the_old_run(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from brcatool.synth import make_prepared_workdir
     from brcatool.training import TrainConfig, run_train
     from brcatool.training import stage as train_stage
@@ -184,13 +185,15 @@ def test_evaluate_overwrite_that_fails_keeps_the_old_evaluation(tmp_path: Path,
     assert _snapshot(first.out_dir) == before
     assert not [p for p in first.out_dir.parent.iterdir() if ".tmp-" in p.name]
     monkeypatch.undo()
-    res = run_evaluate(prepared.workdir, EvaluateConfig(run="e", bootstrap=20, overwrite=True), progress=False)
-    assert res.out_dir == first.out_dir and all(p.is_file() and p.parent.parent == res.out_dir for p in res.plots)
+    again = EvaluateConfig(run="e", bootstrap=20, overwrite=True)
+    res = run_evaluate(prepared.workdir, again, progress=False)
+    assert res.out_dir == first.out_dir
+    assert all(p.is_file() and p.parent.parent == res.out_dir for p in res.plots)
     assert _snapshot(res.out_dir) != before
 
 
-def test_prep_expr_overwrite_that_fails_mid_write_keeps_the_old_tables(tmp_path: Path, small_cohort,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prep_expr_overwrite_that_fails_mid_write_keeps_the_old_tables(
+        tmp_path: Path, small_cohort, monkeypatch: pytest.MonkeyPatch) -> None:
     from brcatool.expression import PrepExprConfig, run_prep_expr
     from brcatool.expression import stage as expr_stage
 

@@ -29,7 +29,8 @@ class _Cohort:  # what check_folds/make_splits read of a cohort
         return "h"
 
 
-@pytest.mark.parametrize("counts", [c for c in itertools.product((0, 1, 2, 3, 5, 8), repeat=3) if sum(c) >= 2])
+@pytest.mark.parametrize("counts", [c for c in itertools.product((0, 1, 2, 3, 5, 8), repeat=3)
+                                    if sum(c) >= 2])
 def test_check_folds_refuses_exactly_the_unsplittable_and_names_the_class(counts) -> None:
     cohort = _Cohort(counts)
     present = [n for n in counts]

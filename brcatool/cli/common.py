@@ -87,7 +87,8 @@ def _is_plain_str_option(param: Any) -> bool:
 def _is_number_option(param: Any) -> bool:
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     if annotation is None:  # an older typer: a click parameter type
-        return isinstance(getattr(param, "type", None), (click.types.IntParamType, click.types.FloatParamType))
+        return isinstance(getattr(param, "type", None),
+                          (click.types.IntParamType, click.types.FloatParamType))
     return bool({annotation, *typing.get_args(annotation)} & {int, float})
 
 

@@ -334,7 +334,8 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
             counts.update(labelled=labels.height, included=alignment["included"])
             manifest.write(new.stage_manifest("prep-expr"), counts=counts, task=task_name, classes=classes,
                            source={"format": counts["format"], "layout": counts["layout"],
-                                   "input_scale": counts["input_scale"], "log_applied": counts["log_applied"]},
+                                   "input_scale": counts["input_scale"],
+                                   "log_applied": counts["log_applied"]},
                            dropped=counts["dropped"],
                            class_counts=class_counts, alignment=alignment, warnings=warnings,
                            fingerprint=output_fingerprint(files=[new.expression_table, new.labels_table,

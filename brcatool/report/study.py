@@ -96,7 +96,7 @@ def slides_section(wd: Workdir, notes: Notes, *, thumb_side: int = 320) -> dict[
     cards = []
     for row in slides.to_dicts():
         sid = str(row.get("slide_id"))
-        thumb = inline(wd.qc_dir / f"{sid}.png", max_side=thumb_side, jpeg=True)
+        thumb = inline(wd.qc_image(sid), max_side=thumb_side, jpeg=True)
         cards.append({"slide_id": sid, "patient_id": row.get("patient_id") or "",
                       "status": row.get("status") or "unknown", "error": row.get("error") or "",
                       "n_patches": int(row.get("n_patches") or 0),
