@@ -4,16 +4,15 @@ The dense cohort array ``(patients, views, max_patches, dim)`` grows with the *l
 ``tile --sampling all`` (thousands to tens of thousands of patches per slide) it does not fit in
 memory. ``RaggedBags`` holds the same features as one ``(views, total_patches, dim)`` float16 array
 (patient ``p`` owns rows ``offsets[p]:offsets[p + 1]``) in a memory-mapped ``.npy`` cache beside the
-feature store, built once from the Zarr arrays slide by slide. A batch gathers only the rows it
-uses (``gather``), and ``release`` drops the mapped pages from the process after each batch, so
-the resident memory of ``train`` stays at about a batch, whatever the cohort's size.
+feature store, built once from the Zarr arrays slide by slide. A batch reads only the rows it
+uses (``gather``: positioned reads of the file, not page faults on the map), so the resident memory
+of ``train`` stays at about a batch, whatever the cohort's size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ class RaggedBags:
         self.data = data  # (V, total, D), usually a read-only np.memmap
         self.offsets = np.asarray(offsets, dtype=np.int64)  # (P0 + 1,)
         self.order = np.arange(len(self.offsets) - 1) if order is None else np.asarray(order, np.int64)
+        self._fd: int | None = None  # read-only descriptor of the cache file, opened on first use
 
     # ------------------------------------------------------------------ the dense array's surface
     @property
@@ -70,17 +70,38 @@ class RaggedBags:
         ok = (pos < n[:, None]) if valid is None else (np.asarray(valid, bool) & (pos < n[:, None]))
         rows = start[:, None] + np.where(ok, pos, 0)
         view = np.broadcast_to(np.asarray(view, np.int64), rows.shape)
-        # one fancy read per view, rows sorted: sequential access on the memory map
         out = np.empty((*rows.shape, self.data.shape[2]), dtype=self.data.dtype)
-        for v in np.unique(view):
+        for v in np.unique(view):  # one read per view, rows sorted
             sel = view == v
             r = rows[sel]
             order = np.argsort(r, kind="stable")
             got = np.empty((len(r), self.data.shape[2]), dtype=self.data.dtype)
-            got[order] = self.data[v, r[order]]
+            got[order] = self._rows(int(v), r[order])
             out[sel] = got
         out[~ok] = 0  # padding reads as zeros, exactly like the dense array
         return out
+
+    def _rows(self, v: int, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted) of view ``v``. From a file: positioned reads of each run of consecutive
+        rows, never the memory map, whose fault-around would map ~64 KiB per random row into this
+        process (RSS growing with the cohort, which is what the bags are for)."""
+        if not isinstance(self.data, np.memmap) or self.data.filename is None:
+            return np.asarray(self.data[v, rows])
+        d = self.data.shape[2]
+        item = d * self.data.dtype.itemsize
+        base = self.data.offset + v * self.data.shape[1] * item
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        buf = np.empty((len(uniq), d), dtype=self.data.dtype)
+        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+        if self._fd is None:
+            self._fd = os.open(self.data.filename, os.O_RDONLY)
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(uniq)], strict=True):
+            view = memoryview(buf[a:b]).cast("B")
+            got = os.preadv(self._fd, [view], base + int(uniq[a]) * item)
+            if got != len(view):
+                raise ArtifactError("is shorter than its header says", path=self.data.filename,
+                                    fix="delete it; the next train rebuilds it")
+        return buf[inverse.reshape(-1)]
 
     def dense(self) -> np.ndarray:
         """The padded ``(P, V, N, D)`` array (tests and small cohorts only)."""
@@ -91,11 +112,12 @@ class RaggedBags:
             out[i, :, : b - a] = self.data[:, a:b]
         return out
 
-    def release(self) -> None:
-        """Drop the mapped pages from this process (they stay in the page cache): bounds the RSS."""
-        mm = getattr(self.data, "_mmap", None)
-        if mm is not None and hasattr(mm, "madvise"):
-            mm.madvise(mmap.MADV_DONTNEED)
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}  # a descriptor does not travel to another process
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
 
 def slide_features(wd: Workdir, encoder: str, group: Any, slide_id: str, n: int, views: int,

@@ -79,7 +79,6 @@ class Batcher:
                     cols = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :keep]
                     mask, view, pos = mask.gather(1, cols), view.gather(1, cols), cols
                 feats = torch.from_numpy(self.bags.gather(idx, view.numpy(), pos.numpy(), mask.numpy()))
-                self.bags.release()  # the pages just read leave this process: RSS stays ~ a batch
             else:
                 src = it.to(self.feats.device)
                 feats = self.feats[src[:, None], view.to(self.feats.device), pos.to(self.feats.device)]
