@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, locks, slides, stores
+from brcatool import artifacts, locks, outputs, slides, stores
 from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
 from brcatool.errors import ArtifactError, BrcaError, InputError
 from brcatool.executors import RunOptions, make_executor
 from brcatool.interop import geojson as qupath_geojson
+from brcatool.names import check_distinct, file_name
 from brcatool.patchgrid import allocate, candidate_grid, select, slide_rng, tissue_mask
 from brcatool.tile_config import (
     PATCH_COLUMNS,
@@ -99,9 +100,9 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
     qupath_geojson.write_tissue(qc_dir, entry.slide_id, mask, ds)  # tissue outlines for QuPath
     status = "ok" if len(xy) else "no_tissue"
     if status == "no_tissue":
-        _png(qc_dir / f"{entry.slide_id}.png", base)
+        _png(qc_dir / f"{file_name(entry.slide_id)}.png", base)
     else:  # boxes are drawn once the patches are chosen; raw, since PNG encoding is slow
-        with atomic_path(parts / f"{entry.slide_id}.qc.npy") as tmp:
+        with atomic_path(_part(parts, entry.slide_id, ".qc.npy")) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, base)
     error = None if len(xy) else (
@@ -156,16 +157,16 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
         "patch_index": np.arange(n), "x": xy[:, 0], "y": xy[:, 1], "level": np.full(n, plan.level),
         "mpp": np.full(n, plan.mpp), "size": np.full(n, plan.out_size), "tissue_fraction": frac,
     }, schema=arrow_schema(PATCH_COLUMNS))
-    with atomic_path(parts / f"{entry.slide_id}.patches.parquet") as tmp:
+    with atomic_path(_part(parts, entry.slide_id, ".patches.parquet")) as tmp:
         pq.write_table(table, tmp)
-    base_path = parts / f"{entry.slide_id}.qc.npy"
+    base_path = _part(parts, entry.slide_id, ".qc.npy")
     img = np.ascontiguousarray(np.load(base_path))
     s = img.shape[1] / scan["width"]
     for x, y in xy:
         p0 = (int(x * s), int(y * s))
         p1 = (int((x + plan.size0) * s), int((y + plan.size0) * s))
         cv2.rectangle(img, p0, p1, (30, 60, 220), 1 if plan.size0 * s < 12 else 2)
-    _png(wd.qc_dir / f"{entry.slide_id}.png", img)
+    _png(wd.qc_image(entry.slide_id), img)
     base_path.unlink(missing_ok=True)
     return {**_row(scan), "n_patches": n, "seconds": scan["seconds"] + time.perf_counter() - t0}
 
@@ -183,15 +184,14 @@ def _entries(cfg: TileConfig) -> list[slides.SlideEntry]:
     return slides.make_entries(rows)
 
 
-def _wipe(wd: Workdir) -> None:
-    for path in (wd.patches_zarr, wd.qc_dir, wd.root / PARTS):
-        shutil.rmtree(path, ignore_errors=True)
-    for path in (wd.patches_table, wd.slides_table, wd.stage_manifest("tile")):
-        path.unlink(missing_ok=True)
-
-
 def _record_path(parts: Path, slide_id: str) -> Path:
-    return parts / f"{slide_id}.json"
+    return _part(parts, slide_id, ".json")
+
+
+def _part(parts: Path, slide_id: str, suffix: str) -> Path:
+    """A per-slide file of the tile records: under ``slides/`` (no internal file lives there), named
+    by ``names.file_name`` (any slide id is one safe path component)."""
+    return parts / "slides" / f"{file_name(slide_id)}{suffix}"
 
 
 def _load_record(parts: Path, slide_id: str) -> dict[str, Any] | None:
@@ -208,18 +208,20 @@ def _complete(wd: Workdir, parts: Path, e: slides.SlideEntry, rec: dict[str, Any
     """Whether the slide's record is finished for this patient's slide set (failed: see failed_ok)."""
     if rec is None or set(rec["counts"]) != {s.slide_id for s in group}:
         return False
+    if rec.get("input", _input_id(e)) != _input_id(e):  # the slide file was replaced in place
+        return False
     if rec.get("failed"):
         return failed_ok
     return rec["row"]["n_patches"] == 0 or (
-        (cfg.no_pixels or (wd.patches_zarr / e.slide_id / "zarr.json").is_file())
-        and (parts / f"{e.slide_id}.patches.parquet").is_file())
+        (cfg.no_pixels or (wd.patches_zarr / file_name(e.slide_id) / "zarr.json").is_file())
+        and _part(parts, e.slide_id, ".patches.parquet").is_file())
 
 
 def _lock_all(parts: Path, group: list[slides.SlideEntry]) -> list[locks.Lock] | None:
     """Per-slide locks of the patient's slides, all or none (None: another process has one)."""
     held = []
     for sid in sorted(e.slide_id for e in group):
-        lock = locks.acquire(parts / "locks" / f"{sid}.lock")
+        lock = locks.acquire(parts / "locks" / f"{file_name(sid)}.lock")
         if lock is None:
             for h in held:
                 h.release()
@@ -235,7 +237,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
     write each slide's record (last). Returns ``{"rows", "skipped", "busy", "took_over"}``;
     ``busy`` when another process holds one of the slides (it will finish them).
     """
-    parts = wd.root / PARTS
+    parts = wd.tile_parts
     held = _lock_all(parts, group)
     if held is None:
         return {"rows": {}, "skipped": 0, "busy": True, "took_over": []}
@@ -255,7 +257,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             if rec is not None and rec["counts"] == counts and _complete(wd, parts, e, rec, group, cfg):
                 rows[sid] = rec["row"]
                 skipped += 1
-                (parts / f"{sid}.qc.npy").unlink(missing_ok=True)
+                _part(parts, sid, ".qc.npy").unlink(missing_ok=True)
                 continue
             _record_path(parts, sid).unlink(missing_ok=True)
             if scan["status"] == "ok" and alloc[sid] > 0:
@@ -264,14 +266,14 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             else:
                 row = {**_row(scan), "n_patches": 0}
                 if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
-                    base = parts / f"{sid}.qc.npy"
+                    base = _part(parts, sid, ".qc.npy")
                     if base.is_file():
-                        _png(wd.qc_dir / f"{sid}.png", np.load(base))
+                        _png(wd.qc_image(sid), np.load(base))
                         base.unlink()
             row.setdefault("n_patches", 0)
             rows[sid] = row
             # failed slides are recorded too (the merge needs their rows) but retried by a re-run
-            write_json(_record_path(parts, sid), {"row": row, "counts": counts,
+            write_json(_record_path(parts, sid), {"row": row, "counts": counts, "input": _input_id(e),
                                                   "failed": row["status"] == "failed"})
         return {"rows": rows, "skipped": skipped, "busy": False, "took_over": took_over}
     finally:
@@ -320,7 +322,32 @@ def _run_options(cfg: TileConfig) -> RunOptions:
     return opts
 
 
+def _input_id(e: slides.SlideEntry) -> dict[str, Any]:
+    """What a slide's record was made from: a file replaced in place (new size or mtime) is re-done."""
+    fp = artifacts.fingerprint(e.path)
+    return {"size": fp["size"], "mtime": fp["mtime"]}
+
+
 def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) -> TileResult:
+    """``_tile``; with ``--overwrite`` the new outputs are built beside the old ones and swapped in
+    only when the run succeeded (an interrupted or failed overwrite leaves the old outputs whole)."""
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    finals = [wd.patches_zarr, wd.qc_dir, wd.tile_parts, wd.patches_table, wd.slides_table,
+              wd.stage_manifest("tile").with_suffix(".yaml"), wd.stage_manifest("tile")]
+    if not cfg.overwrite or not any(p.exists() for p in finals):
+        return _tile(wd, cfg, progress=progress)
+    validate(cfg)
+    _run_options(cfg)
+    with outputs.stage_lock(wd, "tile-overwrite"), \
+            outputs.replacing(wd, finals, tag="tile") as staged:
+        res = _tile(staged, cfg, progress=progress)
+        if res.pending:  # not finished: keep the old outputs
+            raise ArtifactError("the overwrite did not finish every slide", path=wd.root,
+                                fix="re-run `brcatool tile --overwrite` (without --shard)")
+    return dataclasses.replace(res, slides_table=wd.slides_table, patches_table=wd.patches_table)
+
+
+def _tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) -> TileResult:
     """Tile every slide (or this shard's) into the workdir's patch store, resuming finished slides.
 
     The tables are merged from the per-slide records by the run that finds every slide finished
@@ -345,14 +372,16 @@ def run_tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True)
         else:
             uniq[e.slide_id] = e
     params = tile_params(cfg)
-    parts = wd.root / PARTS
-    artifacts.check_params(wd.stage_manifest("tile"), params, overwrite=cfg.overwrite, what="tile output")
-    artifacts.check_params(parts / "params.json", params, overwrite=cfg.overwrite,
-                           what="an unfinished tile run")
-    if cfg.overwrite:
-        _wipe(wd)
-    wd.qc_dir.mkdir(parents=True, exist_ok=True)
-    write_json(parts / "params.json", {"params": artifacts.normalise(params)})
+    parts = wd.tile_parts
+    check_distinct(uniq, what="slide id")
+    # check and record the parameters as one step: of two runs with other parameters started
+    # together, the second is refused (same parameters: they share the work, slide by slide)
+    with outputs.stage_lock(wd, "tile-params", wait=60):
+        artifacts.check_params(wd.stage_manifest("tile"), params, overwrite=cfg.overwrite, what="tile output")
+        artifacts.check_params(parts / "params.json", params, overwrite=cfg.overwrite,
+                               what="an unfinished tile run")
+        wd.qc_dir.mkdir(parents=True, exist_ok=True)
+        write_json(parts / "params.json", {"params": artifacts.normalise(params)})
     if not cfg.no_pixels:
         artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
 
@@ -409,7 +438,7 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
 
     from brcatool.config import write_yaml
 
-    parts = wd.root / PARTS
+    parts = wd.tile_parts
     rows = {sid: unrecorded.get(sid) or _load_record(parts, sid)["row"] for sid in uniq}
     out_rows = [{**rows[e.slide_id], "patient_id": e.patient_id, "path": str(e.path)}
                 for e in uniq.values()] + dup_rows
@@ -417,13 +446,13 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
         r.setdefault("n_patches", 0)
     with_patches = [r["slide_id"] for r in out_rows if r["status"] == "ok" and r["n_patches"] > 0]
     if wd.patches_zarr.is_dir():
-        for name in set(artifacts.array_names(wd.patches_zarr)) - set(with_patches):
+        for name in set(artifacts.array_names(wd.patches_zarr)) - {file_name(s) for s in with_patches}:
             shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
         for leftover in wd.patches_zarr.glob(".*.tmp-*"):  # of a process killed mid-slide
             shutil.rmtree(leftover, ignore_errors=True)
     slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in out_rows],
                                        schema=arrow_schema(SLIDE_COLUMNS))
-    patch_parts = [pq.ParquetFile(parts / f"{sid}.patches.parquet").read() for sid in with_patches]
+    patch_parts = [pq.ParquetFile(_part(parts, sid, ".patches.parquet")).read() for sid in with_patches]
     patch_table = (pa.concat_tables(patch_parts) if patch_parts
                    else arrow_schema(PATCH_COLUMNS).empty_table())
     artifacts.write_parquet(slide_table, wd.slides_table, schema="slides")
@@ -436,5 +465,7 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
     counts_out = {s: sum(r["status"] == s for r in out_rows) for s in ("ok", "no_tissue", "failed")}
     manifest.write(wd.stage_manifest("tile"), counts={"slides": len(out_rows), "patients": base["n_patients"],
                                                       "patches": n_patches, "skipped": base["n_skipped"],
-                                                      **counts_out})
+                                                      **counts_out},
+                   fingerprint=outputs.output_fingerprint(params, [_input_id(e) for e in uniq.values()],
+                                                          files=[wd.patches_table]))
     return TileResult(**base, rows=out_rows, n_patches=n_patches, seconds=time.perf_counter() - t_start)
