@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slides", type=int, default=20)
     ap.add_argument("--size", type=int, default=4096, help="slide width in px (height = 3/4)")
-    ap.add_argument("--patches", type=int, default=400, help="tile --patches per patient")
+    ap.add_argument("--patches", type=int, default=50, help="tile --patches per patient (one slide each)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--stages", default="tile,embed")
     ap.add_argument("--workdir", type=Path, default=Path("bench-work/scale"))
