@@ -72,11 +72,11 @@ def reader_only(wd, *, batch: int, workers: int) -> float:
         PatchBatches(wd.root, segments, batch), batch_size=None, num_workers=workers,
         worker_init_fn=_worker_init if workers else None, pin_memory=torch.cuda.is_available())
     it = iter(loader)
-    n = len(next(it)["pixels"])  # excludes worker start-up
+    first = n = len(next(it)["pixels"])  # excludes worker start-up
     t = time.perf_counter()
     for b in it:
         n += len(b["pixels"])
-    return (n - batch) / (time.perf_counter() - t)
+    return (n - first) / (time.perf_counter() - t) if n > first else float("nan")
 
 
 def _store(root: Path, patches: int, size: int, per_slide: int):
@@ -124,7 +124,8 @@ def bench_encoder(name: str, wd, *, device: str, precisions: list[str], repeats:
             for target, out in ((spec, emb), (null, pipe)):
                 cfg = EmbedConfig(encoder=target.name, weights="random", device=device, precision=precision,
                                   batch_size=batch, num_workers=num_workers, overwrite=True)
-                out.append(run_embed(wd, cfg, progress=False).steady_patches_per_s)
+                res = run_embed(wd, cfg, progress=False)  # steady: after the first batch
+                out.append(res.steady_patches_per_s or res.patches_per_s)
         ratio = statistics.median(emb) / statistics.median(bare)
         print(f"{precision:>9} | {_spread(bare)} | {_spread(emb)} | {ratio:5.2f} | {_spread(pipe)} | "
               f"{load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
@@ -136,7 +137,7 @@ def main() -> None:
                     help="comma-separated; uni is the ViT-L/16 row (random weights, timm)")
     ap.add_argument("--patches", type=int, default=1000, help="patches in the store (CNN rows)")
     ap.add_argument("--vit-patches", type=int, default=None,
-                    help="patches for ViT rows (default: --patches on CUDA, 48 on CPU)")
+                    help="patches for ViT rows (default: --patches on CUDA, 3 batches on CPU)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--per-slide", type=int, default=100)
     ap.add_argument("--device", default="auto")
@@ -161,11 +162,11 @@ def main() -> None:
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     for enc in args.encoders.split(","):
         spec = get_encoder(enc)
-        patches = args.patches if not spec.big else (
-            args.vit_patches or (args.patches if device == "cuda" else 48))
-        wd = _store(base / f"store-{patches}", patches, args.size, args.per_slide)
         batch, workers = loader_defaults(device, EmbedConfig(batch_size=args.batch_size,
                                                              num_workers=args.num_workers), spec)
+        patches = args.patches if not spec.big else (
+            args.vit_patches or (args.patches if device == "cuda" else 3 * batch))
+        wd = _store(base / f"store-{patches}", patches, args.size, args.per_slide)
         print(f"reader alone ({workers} workers, batch {batch}): "
               f"{reader_only(wd, batch=batch, workers=workers):.1f} img/s")
         bench_encoder(enc, wd, device=device, precisions=args.precisions.split(","), repeats=args.repeats,
