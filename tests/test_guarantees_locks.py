@@ -75,3 +75,32 @@ def test_a_held_stage_lock_refuses_with_one_line_and_a_dead_holder_is_taken_over
                                 "started": time.time(), "token": "x"}))
     assert run_embed(wd, cfg, progress=False).slides_embedded == 1
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_split_saved_by_a_concurrent_first_run_is_never_overwritten(
+        tmp_path: Path, same: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from brcatool.errors import ArtifactError
+    from brcatool.splits import load_splits, make_splits, save_splits
+    from brcatool.synth import make_prepared_workdir
+    from brcatool.training import TrainConfig, run_train
+    from brcatool.training import stage as train_stage
+
+    prepared = make_prepared_workdir(tmp_path / "wd", patients=14, patches=2, dim=4, genes=8)
+    wd = prepared.workdir
+    real = train_stage.train_fold
+
+    def other_run_finishes_first(cohort, *a, **k):  # the other run saves its split meanwhile
+        if not wd.splits.exists():
+            save_splits(make_splits(cohort, folds=2 if same else 3, seed=0), wd.splits)
+        return real(cohort, *a, **k)
+
+    monkeypatch.setattr(train_stage, "train_fold", other_run_finishes_first)
+    cfg = TrainConfig(fusion="gene", folds=2, epochs=1, patience=1, name="mine", device="cpu")
+    if same:
+        res = run_train(wd, cfg, progress=False)
+        assert res.splits_created and load_splits(wd.splits).folds == 2
+    else:
+        with pytest.raises(ArtifactError, match="saved by another run"):
+            run_train(wd, cfg, progress=False)
+        assert load_splits(wd.splits).folds == 3 and not wd.run_dir("mine").exists()

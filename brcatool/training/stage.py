@@ -17,7 +17,7 @@ from brcatool import metrics as M
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.cohort import Cohort, load_cohort
 from brcatool.errors import ArtifactError
-from brcatool.splits import Splits, check_folds, get_splits, save_splits, splits_path
+from brcatool.splits import Splits, check_folds, get_splits, load_splits, save_splits, splits_path
 from brcatool.training.batching import _device, eligible, oof_probs
 from brcatool.training.fold import FoldOutput, is_big, train_fold
 from brcatool.training.settings import TrainConfig
@@ -266,8 +266,17 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     finally:
         torch.set_num_threads(threads)
 
-    if created:
-        save_splits(splits, splits_path(wd, cfg.split))
+    if created:  # a run started alongside may have saved one meanwhile: both must then agree
+        path = splits_path(wd, cfg.split)
+        with outputs.stage_lock(wd, f"splits-{cfg.split}", wait=60):
+            if not path.exists():
+                save_splits(splits, path)
+            elif load_splits(path).sha256() != splits.sha256():
+                raise ArtifactError("was saved by another run while this one trained, with other folds",
+                                    path=path, fix="re-run this command: it will use the saved split "
+                                    "(or pass the saved --folds/--repeats)")
+            else:
+                splits.path = path
     oof = _oof_table(cohort, outs)
     mets = {"task": cohort.task, "fusion": cfg.fusion, "aggregator": cfg.aggregator,
             **_metrics(oof, outs, list(cohort.classes)), "calibration": calibration_note(cfg),
