@@ -187,6 +187,9 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
         for spec in _sanity(wd, cfg, list(specs), notes, console, progress, full_cohort):
             specs.append(spec)
             evaluate(spec)
+    if loaded and loaded[0].left_out:
+        gone = ", ".join(f"{n} {why}" for why, n in sorted(loaded[0].left_out.items()))
+        notes.append(f"slides left out of the bags: {gone} (see --slide-types, --keep-all-samples)")
     split_sha = check_identical_splits(wd, cfg, [s.run for s in specs])
     classes = next(iter(evals.values())).classes
     oofs = {s.label: artifacts.read_parquet(wd.run_dir(s.run) / "oof.parquet", schema="oof", made_by="train")

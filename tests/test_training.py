@@ -227,3 +227,15 @@ def test_paper_preset_and_site_split_from_the_cli(tmp_path: Path) -> None:
         assert not {site_of[p] for p in val} & {site_of[p] for p in train}
     fm = load_fold_model(wd.run_dir("p") / "fold_0" / "model.pt")
     assert fm.bag_size == 35 and not any(fm.class_log_weight)
+
+
+def test_non_finite_numbers_fail_the_fold_with_one_line(signal) -> None:
+    cohort = load_cohort(signal.workdir)
+    bad = cohort.features.copy()
+    bad[:, :, 0, 0] = np.inf  # e.g. an encoder that overflowed float16
+    broken = dataclasses.replace(cohort, features=bad)
+    with pytest.raises(InputError, match="not finite") as err:
+        run_train(signal.workdir, TrainConfig(fusion="image", name="inf", **{**FAST, "epochs": 2}),
+                  progress=False, cohort=broken)
+    assert "'inf'" in err.value.one_line() and "\n" not in err.value.one_line()
+    assert not signal.workdir.run_dir("inf").exists()
