@@ -1,94 +1,256 @@
-"""Benchmark `brcatool tile` on one large synthetic slide, next to raw openslide reads.
+"""Benchmark `brcatool tile` against the floor of its own work, measured in the same run.
 
-Makes (once, cached under bench-work/tile/) a 20,480 x 20,480 px pyramidal JPEG TIFF with the
-synth factory (rendered band by band, so memory stays small), then times
-1. tile with --patches 35 (target: under 1 s per slide),
-2. tile with --sampling all (target: >= 0.8 x the raw read rate),
-3. raw ``openslide.read_region`` of the very same patch coordinates (the limit).
+Five slides, made once and cached under ``bench-work/tile/slides/``: three synthetic 20,480² px
+pyramidal JPEG TIFFs (``brcatool.synth``), the real Aperio file of the test data (``small.svs``,
+16 x 16 px: all fixed cost) and a synthetic Aperio-style SVS whose truth mask is known
+(``known-mask.truth.png``, one px per 16 level-0 px; the share of tile's patches on true tissue is
+printed as a check).
 
-Usage: python benchmarks/bench_tile.py [--size 20480] [--workdir bench-work/tile]
+The floor of ``tile --patches 35`` on a slide is what any tool must do: open it, read a thumbnail
+(the coarsest level whose long side is >= 1,024 px, as one ``read_region``), an Otsu threshold of
+its saturation, and ``read_region`` of the 35 patches tile chose (the same coordinates); the floor
+process also pays its imports (numpy, cv2, openslide). Rounds are interleaved (``_common``):
+1. per slide, in this process: ``run_tile`` of one slide vs the floor of that slide;
+   target: sum over the five slides <= 1.2 x the floor's (per-slide ratios printed too);
+2. whole processes: ``python -m brcatool tile <5 slides> --patches 35 --quiet`` vs the floor
+   process on the same slides; target <= 1.3 x;
+3. ``tile --sampling all`` on a 20,480² slide vs serial ``read_region`` of the same coordinates
+   (converted to numpy); target: read rate >= 0.9 x raw.
+
+Usage: python benchmarks/bench_tile.py [--repeats 5] [--workdir bench-work/tile] [--parts 1,2,3]
+       python benchmarks/bench_tile.py --floor COORDS.json   (the floor process itself)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+PATCHES = 35
 
 
-def make_slide(root: Path, size: int) -> Path:
+# --------------------------------------------------------------------------- the floor
+def floor_slide(path: str, coords: list[list[int]], size: int, level: int) -> int:
+    """Open, thumbnail, Otsu, read the given patches; returns the number of tissue px (used)."""
+    import cv2
+    import numpy as np
+    import openslide
+
+    s = openslide.OpenSlide(path)
+    long0 = max(s.dimensions)
+    lv = max((i for i, (w, h) in enumerate(s.level_dimensions) if max(w, h) >= min(1024, long0)),
+             key=lambda i: s.level_downsamples[i])
+    thumb = np.asarray(s.read_region((0, 0), lv, s.level_dimensions[lv]))
+    rgb = cv2.cvtColor(thumb, cv2.COLOR_RGBA2RGB)
+    sat = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1])
+    _, mask = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    for x, y in coords:
+        np.asarray(s.read_region((x, y), level, (size, size)))
+    s.close()
+    return int(cv2.countNonZero(mask))
+
+
+def floor_main(coords_file: str) -> None:
+    for item in json.loads(Path(coords_file).read_text()):
+        floor_slide(item["path"], item["xy"], item["size"], item["level"])
+
+
+# --------------------------------------------------------------------------- slides
+def make_slides(root: Path) -> list[Path]:
     from brcatool.artifacts import atomic_path
     from brcatool.synth.slides import SlideSpec, write_slide
 
-    path = root / f"TCGA-BE-NCH{size % 10}-01Z-00-DX1.{size}.tiff"
-    if not path.exists():
-        t0 = time.perf_counter()
-        with atomic_path(path) as tmp:
-            write_slide(tmp, SlideSpec(width=size, height=size, subtype="LumB", seed=(2024,)))
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s")
-    return path
+    root.mkdir(parents=True, exist_ok=True)
+    specs = [("synth-1.tiff", SlideSpec(20480, 20480, "LumB", (2024,))),
+             ("synth-2.tiff", SlideSpec(20480, 20480, "Basal", (2025,))),
+             ("synth-3.tiff", SlideSpec(20480, 20480, "LumA", (2026,))),
+             ("known-mask.svs", SlideSpec(12288, 10240, "Her2", (2027,)))]
+    out = []
+    for name, spec in specs:
+        path = root / name
+        if not path.exists():
+            import cv2
+
+            t0 = time.perf_counter()
+            with atomic_path(path) as tmp:
+                _, truth = write_slide(tmp, spec, svs=name.endswith(".svs"))
+            cv2.imwrite(str(root / f"{path.stem}.truth.png"), truth)
+            print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s")
+        out.append(path)
+    aperio = root / "aperio-small.svs"
+    if not aperio.exists():
+        shutil.copy(ROOT / "tests" / "data" / "small.svs", aperio)
+    return [*out[:3], aperio, out[3]]
 
 
-def tile_once(slide: Path, work: Path, **options) -> tuple[float, int, Path]:
+def tile_in_process(slides: list[Path], work: Path, **options) -> object:
     from brcatool.tiling import TileConfig, run_tile
 
     shutil.rmtree(work, ignore_errors=True)
-    t0 = time.perf_counter()
-    result = run_tile(work, TileConfig(slides=[str(slide)], **options), progress=False)
-    seconds = time.perf_counter() - t0
-    if result.count("ok") != 1:
-        raise SystemExit(f"tile failed: {result.rows}")
-    return seconds, result.n_patches, result.patches_table
+    return run_tile(work, TileConfig(slides=[str(s) for s in slides], **options), progress=False)
 
 
-def raw_reads(slide: Path, patches_table: Path) -> tuple[float, int]:
-    import openslide
+def tile_case(slides: list[Path], work: Path, **options) -> object:
+    """An ``interleave`` case: seconds of ``run_tile`` into a fresh workdir (its removal untimed)."""
+    from brcatool.tiling import TileConfig, run_tile
+
+    def run() -> float:
+        shutil.rmtree(work, ignore_errors=True)
+        t0 = time.perf_counter()
+        run_tile(work, TileConfig(slides=[str(s) for s in slides], **options), progress=False)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def chosen(work: Path, slides: list[Path]) -> list[dict]:
+    """Per slide, the coordinates tile chose (what the floor reads)."""
     import polars as pl
 
-    df = pl.read_parquet(patches_table)
-    s = openslide.OpenSlide(str(slide))
-    size = int(df["size"][0])
-    t0 = time.perf_counter()
-    for x, y, level in df.select("x", "y", "level").iter_rows():
-        np.asarray(s.read_region((x, y), level, (size, size)))
-    seconds = time.perf_counter() - t0
-    s.close()
-    return seconds, df.height
+    df = pl.read_parquet(work / "patches.parquet")
+    out = []
+    for s in slides:
+        rows = df.filter(pl.col("slide_id") == s.stem)
+        out.append({"path": str(s), "xy": rows.select("x", "y").rows(),
+                    "size": int(rows["size"][0]) if rows.height else 256,
+                    "level": int(rows["level"][0]) if rows.height else 0})
+    return out
 
 
-def warm_imports() -> None:
-    """Import what the stage imports lazily, so the timings are of the work, not of imports."""
-    import importlib
+def known_mask_check(work: Path, slide: Path) -> str:
+    import cv2
+    import polars as pl
 
-    for name in ("cv2", "openslide", "polars", "pyarrow.compute", "pyarrow.parquet", "rich.progress",
-                 "zarr", "zarr.codecs", "brcatool.config", "brcatool.stores", "brcatool.tiling"):
-        importlib.import_module(name)
+    truth = cv2.imread(str(slide.with_name(f"{slide.stem}.truth.png")), cv2.IMREAD_GRAYSCALE) > 0
+    df = pl.read_parquet(work / "patches.parquet").filter(pl.col("slide_id") == slide.stem)
+    on = [truth[y // 16:(y + s) // 16, x // 16:(x + s) // 16].mean() >= 0.5
+          for x, y, s in df.select("x", "y", "size").iter_rows()]
+    return f"{sum(on)} of {len(on)} patches of {slide.name} lie on true tissue (>= half their area)"
+
+
+# --------------------------------------------------------------------------- the three parts
+def part_per_slide(slides: list[Path], base: Path, repeats: int) -> None:
+    from _common import Series, interleave, report_ratio, timed
+
+    from brcatool.tiling import TileConfig  # noqa: F401 - imports warm: this part times the work
+
+    tiled = tile_in_process(slides, base / "ref", patches=PATCHES)
+    coords = {c["path"]: c for c in chosen(base / "ref", slides)}
+    print(known_mask_check(base / "ref", slides[4]))
+    for s in slides:  # warm the page cache and the lazy imports
+        floor_slide(str(s), coords[str(s)]["xy"], coords[str(s)]["size"], coords[str(s)]["level"])
+    cases = {}
+    for i, s in enumerate(slides):
+        c = coords[str(s)]
+        cases[f"tile {s.name}"] = tile_case([s], base / f"one-{i}", patches=PATCHES)
+        cases[f"floor {s.name}"] = timed(lambda c=c: floor_slide(c["path"], c["xy"], c["size"], c["level"]))
+    print(f"\n1. per slide, in process ({repeats} interleaved rounds; {tiled.n_patches} patches in all)")
+    res = interleave(cases, repeats, verbose=False)
+    tile_sum, floor_sum = Series("tile, sum of 5 slides"), Series("floor, sum of 5 slides")
+    for r in range(repeats):
+        tile_sum.values.append(sum(res[f"tile {s.name}"].values[r] for s in slides))
+        floor_sum.values.append(sum(res[f"floor {s.name}"].values[r] for s in slides))
+        tile_sum.loads.append(res[f"tile {slides[0].name}"].loads[r])
+        floor_sum.loads.append(res[f"floor {slides[0].name}"].loads[r])
+    for s in slides:
+        print("  " + res[f"tile {s.name}"].line())
+        print("  " + res[f"floor {s.name}"].line())
+        report_ratio(f"tile --patches 35 / floor, {s.name} (per slide)", res[f"tile {s.name}"],
+                     res[f"floor {s.name}"], target=1.2)
+    print("  " + tile_sum.line() + "\n  " + floor_sum.line())
+    report_ratio("tile --patches 35 / floor, per slide (sum of the 5 slides)", tile_sum, floor_sum,
+                 target=1.2)
+
+
+def part_process(slides: list[Path], base: Path, repeats: int) -> None:
+    from _common import interleave, report_ratio, timed
+
+    tile_in_process(slides, base / "ref", patches=PATCHES)
+    coords_file = base / "floor-coords.json"
+    coords_file.write_text(json.dumps(chosen(base / "ref", slides)))
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def run(cmd: list[str]) -> None:
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+
+    work = base / "proc"
+    tile_cmd = [sys.executable, "-m", "brcatool", "tile", *map(str, slides), "--patches", str(PATCHES),
+                "--quiet", "--workdir", str(work)]
+    def tile_process() -> float:
+        shutil.rmtree(work, ignore_errors=True)
+        return timed(lambda: run(tile_cmd))()
+
+    cases = {"tile process": tile_process,
+             "floor process": timed(lambda: run([sys.executable, __file__, "--floor", str(coords_file)])),
+             "python -c pass": timed(lambda: run([sys.executable, "-c", "pass"]))}
+    print(f"\n2. whole processes, 5 slides ({repeats} interleaved rounds)")
+    res = interleave(cases, repeats, verbose=False)
+    for s in res.values():
+        print("  " + s.line())
+    report_ratio("tile --patches 35 process / floor process (5 slides)", res["tile process"],
+                 res["floor process"], target=1.3)
+
+
+def part_all(slide: Path, base: Path, repeats: int) -> None:
+    import numpy as np
+    import openslide
+    import polars as pl
+    from _common import Series, interleave, report_ratio, timed
+
+    res0 = tile_in_process([slide], base / "all", sampling="all")
+    df = pl.read_parquet(base / "all" / "patches.parquet")
+    xy, size, level = df.select("x", "y").rows(), int(df["size"][0]), int(df["level"][0])
+
+    def raw() -> None:
+        s = openslide.OpenSlide(str(slide))
+        for x, y in xy:
+            np.asarray(s.read_region((x, y), level, (size, size)))
+        s.close()
+
+    print(f"\n3. tile --sampling all on {slide.name}: {res0.n_patches} patches ({repeats} interleaved "
+          "rounds)")
+    res = interleave({"tile --sampling all": tile_case([slide], base / "all", sampling="all"),
+                      "raw read_region": timed(raw)}, repeats, verbose=False)
+    n = len(xy)
+    for s in res.values():
+        rate = Series(s.name + " (patches/s)", [n / v for v in s.values], s.loads)
+        print("  " + s.line() + "\n  " + rate.line("patches/s", "7.0f"))
+    # rate ratio tile/raw = raw seconds / tile seconds
+    report_ratio("tile --sampling all / raw read_region, read rate", res["raw read_region"],
+                 res["tile --sampling all"], target=0.9, at_most=False)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=20480, help="slide side in px (>= 20000)")
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path("bench-work/tile"))
+    ap.add_argument("--parts", default="1,2,3", help="which of the three comparisons to run")
+    ap.add_argument("--floor", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    slide = make_slide(args.workdir / "slides", args.size)
-    warm_imports()
+    if args.floor:
+        floor_main(args.floor)
+        return
+    from _common import load
 
-    t35, n35, table35 = tile_once(slide, args.workdir / "w35", patches=35)
-    tall, nall, table_all = tile_once(slide, args.workdir / "wall", sampling="all")
-    r35, _ = raw_reads(slide, table35)
-    rall, _ = raw_reads(slide, table_all)
-
-    print(f"\nslide {args.size} x {args.size} px, mpp 0.5, 256 px patches at 0.5 µm/px (level 0)")
-    print(f"{'run':<22}{'patches':>9}{'seconds':>10}{'slides/s':>10}{'patches/s':>11}")
-    for name, n, sec in (("tile --patches 35", n35, t35), ("raw read_region (35)", n35, r35),
-                         ("tile --sampling all", nall, tall), ("raw read_region (all)", nall, rall)):
-        print(f"{name:<22}{n:>9}{sec:>10.2f}{1 / sec:>10.3f}{n / sec:>11.0f}")
-    ratio = (nall / tall) / (nall / rall)
-    print(f"\ntile all / raw read rate: {ratio:.2f} (target >= 0.8)")
-    print(f"tile --patches 35: {t35:.2f} s per slide (target < 1 s)")
+    base = args.workdir.resolve()
+    slides = make_slides(base / "slides")
+    print(f"bench_tile: {os.cpu_count()} CPUs, load average {load():.1f} at the start; "
+          f"slides: {', '.join(s.name for s in slides)}")
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        part_per_slide(slides, base, args.repeats)
+    if "2" in parts:
+        part_process(slides, base, args.repeats)
+    if "3" in parts:
+        part_all(slides[0], base, max(3, args.repeats - 2))
+    print(f"load average at the end: {load():.1f}")
 
 
 if __name__ == "__main__":

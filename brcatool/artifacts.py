@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -406,6 +407,12 @@ def array_names(group_path: str | Path) -> list[str]:
 
 # --------------------------------------------------------------------------- manifests
 def versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape the outputs (for manifests)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:  # once per process: each lookup parses a METADATA file
     out = {"brcatool": __version__, "python": platform.python_version()}
     for dist in ("torch", "torchvision", "zarr", "pyarrow", "polars", "numpy", "scikit-learn",
                  "openslide-python", "openslide-bin"):

@@ -11,6 +11,7 @@ it is a plain name, see ``brcatool.names``) and stamped with the id; each array 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,29 +54,47 @@ def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
     A shard is compressed and written in a thread while the caller reads the next batch
     (both release the GIL), so tiling overlaps slide reads with store writes. Encoding a whole
     shard's chunks as one batch halves zarr's per-chunk overhead (~4 -> ~2 ms CPU per patch).
+    The same thread first imports zarr (the heaviest import of the tile stage) and opens the store,
+    while the caller reads the first batch.
     """
-    import zarr
-
-    artifacts.open_group(workdir.patches_zarr, schema="patch-store", create=True)
-    with zarr.config.set({"codec_pipeline.batch_size": PATCH_SHARD}), \
-            artifacts.atomic_path(workdir.patches_zarr / file_name(slide_id)) as tmp:
-        arr = zarr.create_array(
-            store=str(tmp), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
-            shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_patch_codec(),
-            attributes={**(attrs or {}), ID_ATTR: slide_id}, zarr_format=3, overwrite=True)
-        with ThreadPoolExecutor(1) as writer:
+    batches = iter(batches)
+    with ThreadPoolExecutor(1) as writer:
+        group = writer.submit(artifacts.open_group, workdir.patches_zarr, schema="patch-store", create=True)
+        first = next(batches, None)
+        group.result()
+        with artifacts.atomic_path(workdir.patches_zarr / file_name(slide_id)) as tmp:
+            arr = _create_patch_array(tmp, slide_id, n, size, attrs)
             pending = None
             start = 0
-            for batch in batches:
+            for batch in itertools.chain([] if first is None else [first], batches):
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(arr.__setitem__, slice(start, start + len(batch)), batch)
+                pending = writer.submit(_write_batch, arr, start, batch)
                 start += len(batch)
             if pending is not None:
                 pending.result()
-        if start != n:
-            raise ValueError(f"{slide_id}: got {start} patches, expected {n}")
+            if start != n:
+                raise ValueError(f"{slide_id}: got {start} patches, expected {n}")
     return workdir.patches_zarr / file_name(slide_id)
+
+
+def _create_patch_array(path: Path, slide_id: str, n: int, size: int, attrs: dict[str, Any] | None) -> Any:
+    import zarr
+
+    return zarr.create_array(
+        store=str(path), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
+        shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_patch_codec(),
+        attributes={**(attrs or {}), ID_ATTR: slide_id}, zarr_format=3, overwrite=True,
+        # no per-patch "equals the fill value?" scan (zarr's array_equal cost as much CPU as the
+        # slide read itself); a patch is never all zeros (reads are composited onto white)
+        config={"write_empty_chunks": True})
+
+
+def _write_batch(arr: Any, start: int, batch: np.ndarray) -> None:
+    import zarr
+
+    with zarr.config.set({"codec_pipeline.batch_size": PATCH_SHARD}):
+        arr[start:start + len(batch)] = batch
 
 
 def write_patches(workdir: Workdir, slide_id: str, patches: np.ndarray,

@@ -28,6 +28,7 @@ from brcatool.executors import RunOptions, make_executor
 from brcatool.interop import geojson as qupath_geojson
 from brcatool.names import check_distinct, file_name
 from brcatool.patchgrid import allocate, candidate_grid, select, slide_rng, tissue_mask
+from brcatool.qc import QcWriter
 from brcatool.tile_config import (
     PATCH_COLUMNS,
     SLIDE_COLUMNS,
@@ -39,34 +40,10 @@ from brcatool.tile_config import (
 from brcatool.tile_config import params as tile_params
 
 PARTS = ".tile-parts"
-QC_SIDE = 768  # long side of QC images (PNG encoding is a fixed cost per slide)
 READ_THREADS = 2  # patch-reading threads per slide (plus one writing the store)
 
 
 # --------------------------------------------------------------------------- per-slide work
-def _png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
-    if ok:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buf.tobytes())
-
-
-def _qc_base(thumb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    import cv2
-
-    h, w = mask.shape
-    scale = min(1.0, QC_SIDE / max(h, w))
-    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-    img = cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
-    small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(small, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    return cv2.drawContours(np.ascontiguousarray(img), contours, -1, (0, 170, 0), 2)
-
-
 def _failed(entry: slides.SlideEntry, exc: BaseException, t0: float) -> dict[str, Any]:
     msg = (f"{exc.message} (fix: {exc.fix})" if exc.fix else exc.message) if isinstance(exc, BrcaError) \
         else f"{type(exc).__name__}: {exc}"  # the fix too: the CLI prints this column
@@ -75,8 +52,10 @@ def _failed(entry: slides.SlideEntry, exc: BaseException, t0: float) -> dict[str
             "seconds": time.perf_counter() - t0}
 
 
-def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: Path) -> dict[str, Any]:
-    """Phase 1: mask and candidates of one slide (a failed row instead of an exception)."""
+def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: Path,
+               qc: QcWriter) -> dict[str, Any]:
+    """Phase 1: mask and candidates of one slide (a failed row instead of an exception); the QC
+    base image is drawn in ``qc``'s thread."""
     t0 = time.perf_counter()
     try:
         slide = slides.open_slide(entry.path)
@@ -96,15 +75,11 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
                 cfg.roi, cfg.roi_missing, entry.slide_id, xy, frac, plan.size0)
     except Exception as exc:  # noqa: BLE001 - any failure of one slide becomes its row
         return _failed(entry, exc, t0)
-    base = _qc_base(thumb, mask)
+    base = qc.base(thumb, mask)  # kept in memory (768 px); boxes are drawn once patches are chosen
     qupath_geojson.write_tissue(qc_dir, entry.slide_id, mask, ds)  # tissue outlines for QuPath
     status = "ok" if len(xy) else "no_tissue"
     if status == "no_tissue":
-        _png(qc_dir / f"{file_name(entry.slide_id)}.png", base)
-    else:  # boxes are drawn once the patches are chosen; raw, since PNG encoding is slow
-        with atomic_path(_part(parts, entry.slide_id, ".qc.npy")) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, base)
+        qc.write(qc_dir / f"{file_name(entry.slide_id)}.png", qc.encode(base))
     error = None if len(xy) else (
         f"slide ({w0}x{h0} px) is smaller than one patch ({plan.size0:.0f} px)"
         if plan.size0 > min(w0, h0) else "no tissue found under the mask")
@@ -112,19 +87,20 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
         status, error = roi_status or status, roi_note
     return {"slide_id": entry.slide_id, "status": status, "error": error, "width": w0,
             "height": h0, "mpp": mpp0, "n_candidates": len(xy), "seconds": time.perf_counter() - t0,
-            "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan)}
+            "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan), "qc_base": base}
 
 
 def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarray, cfg: TileConfig,
-                  wd: Workdir, parts: Path) -> dict[str, Any]:
-    """Phase 3: read the chosen patches into the store, the rows into a part, draw the QC image."""
-    import cv2
+                  wd: Workdir, parts: Path, qc: QcWriter) -> dict[str, Any]:
+    """Phase 3: read the chosen patches into the store, the rows into a part; the QC image with
+    the boxes is drawn and encoded in ``qc``'s thread meanwhile (written only if this succeeds)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     plan = slides.ReadPlan(**scan["plan"])
     xy, frac = scan["xy"][idx], scan["frac"][idx]
+    png = qc.encode(scan["qc_base"], (xy, plan.size0, scan["width"]))
     try:
         slide = None if cfg.no_pixels else slides.open_slide(entry.path)
         try:
@@ -159,15 +135,7 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
     }, schema=arrow_schema(PATCH_COLUMNS))
     with atomic_path(_part(parts, entry.slide_id, ".patches.parquet")) as tmp:
         pq.write_table(table, tmp)
-    base_path = _part(parts, entry.slide_id, ".qc.npy")
-    img = np.ascontiguousarray(np.load(base_path))
-    s = img.shape[1] / scan["width"]
-    for x, y in xy:
-        p0 = (int(x * s), int(y * s))
-        p1 = (int((x + plan.size0) * s), int((y + plan.size0) * s))
-        cv2.rectangle(img, p0, p1, (30, 60, 220), 1 if plan.size0 * s < 12 else 2)
-    _png(wd.qc_image(entry.slide_id), img)
-    base_path.unlink(missing_ok=True)
+    qc.write(wd.qc_image(entry.slide_id), png)
     return {**_row(scan), "n_patches": n, "seconds": scan["seconds"] + time.perf_counter() - t0}
 
 
@@ -241,13 +209,14 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
     held = _lock_all(parts, group)
     if held is None:
         return {"rows": {}, "skipped": 0, "busy": True, "took_over": []}
+    qc = QcWriter()
     try:
         records = {e.slide_id: _load_record(parts, e.slide_id) for e in group}
         took_over = [f"{h.path.stem}: {h.took_over.describe()}" for h in held if h.took_over]
         if all(_complete(wd, parts, e, records[e.slide_id], group, cfg) for e in group):
             return {"rows": {e.slide_id: records[e.slide_id]["row"] for e in group},
                     "skipped": len(group), "busy": False, "took_over": took_over}
-        scans = {e.slide_id: scan_slide(e, cfg, parts, wd.qc_dir) for e in group}
+        scans = {e.slide_id: scan_slide(e, cfg, parts, wd.qc_dir, qc) for e in group}
         counts = {sid: scan["n_candidates"] for sid, scan in scans.items()}
         alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
         rows: dict[str, dict[str, Any]] = {}
@@ -257,26 +226,24 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             if rec is not None and rec["counts"] == counts and _complete(wd, parts, e, rec, group, cfg):
                 rows[sid] = rec["row"]
                 skipped += 1
-                _part(parts, sid, ".qc.npy").unlink(missing_ok=True)
                 continue
             _record_path(parts, sid).unlink(missing_ok=True)
             if scan["status"] == "ok" and alloc[sid] > 0:
                 idx = select(scan["xy"], alloc[sid], cfg.sampling, slide_rng(cfg.seed, e.patient_id, sid))
-                row = extract_slide(e, scan, idx, cfg, wd, parts)
+                row = extract_slide(e, scan, idx, cfg, wd, parts, qc)
             else:
                 row = {**_row(scan), "n_patches": 0}
                 if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
-                    base = _part(parts, sid, ".qc.npy")
-                    if base.is_file():
-                        _png(wd.qc_image(sid), np.load(base))
-                        base.unlink()
+                    qc.write(wd.qc_image(sid), qc.encode(scan["qc_base"]))
             row.setdefault("n_patches", 0)
             rows[sid] = row
+            qc.flush()  # the slide's QC outputs are complete before its record
             # failed slides are recorded too (the merge needs their rows) but retried by a re-run
             write_json(_record_path(parts, sid), {"row": row, "counts": counts, "input": _input_id(e),
                                                   "failed": row["status"] == "failed"})
         return {"rows": rows, "skipped": skipped, "busy": False, "took_over": took_over}
     finally:
+        qc.close()
         for h in held:
             h.release()
 
@@ -382,8 +349,8 @@ def _tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) ->
                                what="an unfinished tile run")
         wd.qc_dir.mkdir(parents=True, exist_ok=True)
         write_json(parts / "params.json", {"params": artifacts.normalise(params)})
-    if not cfg.no_pixels:
-        artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
+    if not cfg.no_pixels and wd.patches_zarr.exists():  # check it now; a new one is made by the first slide
+        artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)  # ... writer thread
 
     patients: dict[str, list[slides.SlideEntry]] = {}
     for e in uniq.values():
@@ -425,6 +392,8 @@ def _tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) ->
         n_pending = sum(len(patients[p]) for p in pending)
         return TileResult(**base, rows=[], n_patches=0, seconds=time.perf_counter() - t_start,
                           pending=n_pending)
+    if not cfg.no_pixels:  # (also when no slide gave patches)
+        artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
     with locks.locked(parts / "locks" / "merge.lock", wait=600):
         return _merge(wd, cfg, uniq, dup_rows, unrecorded, params, base, t_start)
 
@@ -467,5 +436,5 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
                                                       "patches": n_patches, "skipped": base["n_skipped"],
                                                       **counts_out},
                    fingerprint=outputs.output_fingerprint(params, [_input_id(e) for e in uniq.values()],
-                                                          files=[wd.patches_table]))
+                                                  files=[wd.patches_table]))
     return TileResult(**base, rows=out_rows, n_patches=n_patches, seconds=time.perf_counter() - t_start)

@@ -284,3 +284,64 @@ def test_cli_exit_codes_and_summary(cohort, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "no slide gave patches" in res.output
     res = runner.invoke(app, ["tile", str(tmp_path / "nowhere"), "-w", str(tmp_path / "y")])
     assert res.exit_code == 1 and "no such file" in res.output and "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- outputs pinned
+REFERENCE = DATA / "tile_reference.json"
+REFERENCE_RUNS = {  # name -> options over the cohort fixture (the first is the `tiled` fixture's)
+    "random": dict(patches=BUDGET, seed=5),
+    "all": dict(sampling="all", seed=5),
+    "spread-2-workers": dict(patches=6, sampling="spread", workers=2, seed=1),
+}
+
+
+def _strip_ids(obj):  # GeoJSON feature ids are random UUIDs
+    if isinstance(obj, dict):
+        return {k: _strip_ids(v) for k, v in obj.items() if k != "id"}
+    return [_strip_ids(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def output_digests(wd: Workdir) -> dict[str, str]:
+    """sha256 (16 hex) of every tile output's content: the tables (without the `seconds` timing and
+    the machine-specific `path`), each stored patch array and its attributes, the QC images' pixels
+    and the tissue GeoJSON (without feature ids)."""
+    import hashlib
+    import json
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    slides_df, patches_df = _tables(wd)
+    out = {"slides.parquet": sha(slides_df.drop("seconds", "path").write_csv().encode()),
+           "patches.parquet": sha(patches_df.write_csv().encode())}
+    for sid in sorted(stores.patch_slides(wd)):
+        arr = stores.read_patches(wd, sid)
+        attrs = json.dumps(dict(arr.attrs), sort_keys=True).encode()
+        out[f"patches.zarr/{sid}"] = sha(np.asarray(arr[...]).tobytes() + attrs)
+    for f in sorted(wd.qc_dir.iterdir()):
+        data = (cv2.imread(str(f)).tobytes() if f.suffix == ".png"
+                else json.dumps(_strip_ids(json.loads(f.read_text()))).encode())
+        out[f"qc/{f.name}"] = sha(data)
+    return out
+
+
+def test_outputs_equal_the_recorded_reference(tiled, tmp_path: Path) -> None:
+    """Speed work must not change a byte: the outputs of three runs equal digests recorded before the
+    performance changes of issue 17 (patches, tables, QC pixels, GeoJSON). After a library upgrade
+    that changes the synthetic slides' pixels, re-record on an unchanged commit with
+    BRCATOOL_WRITE_TILE_REFERENCE=1 pytest tests/test_tiling.py -k reference."""
+    import json
+    import os
+
+    _, cfg, wd, _ = tiled
+    got = {"random": output_digests(wd)}
+    for name, options in list(REFERENCE_RUNS.items())[1:]:
+        other = Workdir(tmp_path / name)
+        run_tile(other, TileConfig(slides=[cfg.slides[0]], **options), progress=False)
+        got[name] = output_digests(other)
+    if os.environ.get("BRCATOOL_WRITE_TILE_REFERENCE"):
+        REFERENCE.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    want = json.loads(REFERENCE.read_text())
+    for name in REFERENCE_RUNS:
+        diff = sorted(k for k in set(want[name]) | set(got[name]) if want[name].get(k) != got[name].get(k))
+        assert not diff, f"{name}: outputs differ from the reference: {diff}"

@@ -33,7 +33,11 @@ _POINT_BLOCK = 4096  # points tested per block (memory: block x vertices boolean
 
 # --------------------------------------------------------------------------- writing
 def _ring(points: np.ndarray) -> list[list[float]]:
-    pts = [[round(float(x), 2), round(float(y), 2)] for x, y in points]
+    v = np.asarray(points, dtype=np.float64)
+    if np.array_equal(v, np.round(v)):  # whole numbers (the usual mask outlines): round(x, 2) is x
+        pts = v.tolist()
+    else:
+        pts = [[round(x, 2), round(y, 2)] for x, y in v.tolist()]
     if pts and pts[0] != pts[-1]:
         pts.append(pts[0])
     return pts
