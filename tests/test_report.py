@@ -238,6 +238,9 @@ def test_ablation_reads_columns_by_name(demo_wd: Workdir, tmp_path: Path) -> Non
     html = res.path.read_text()
     (abl,) = collect(wd)["ablation"]["ablations"]
     assert abl["all_columns"] == summary.columns and not any(r["sanity"] for r in abl["rows"])
+    row = abl["rows"][1]  # not the reference
+    assert ("p value", 0.04) in row["diffs"][0]["extra"] and ("correction", "holm") in row["also"]
+    assert all(k != "wins" for k, _ in row["diffs"][0]["extra"])  # f1_diff_wins was dropped
     for col in ("f1_diff_p_value", "correction"):
         assert f">{col}</th>" in html
     assert res.sections["ablation"] and not res.sections["runs"]

@@ -22,6 +22,9 @@ PLOT_ORDER = ("pr_curve.png", "roc_curve.png", "confusion.png", "calibration.png
 #: Metrics of the ablation's main table, when summary.parquet has them (``<metric>_mean``, ...).
 ABLATION_HEADLINE = ("f1", "pr_auc", "roc_auc", "mcc")
 FOLD_KEYS = ("repeat", "fold", "n", "threshold", "best_epoch")
+#: Ablation columns shown in a row's header or nowhere else needed; per headline metric, the cell's.
+IDENTITY = ("model", "kind", "fusion", "aggregator", "run", "reference")
+CELL_KEYS = ("pooled", "ci_low", "ci_high", "mean", "sd")
 
 
 def label(metric: str) -> str:
@@ -167,17 +170,21 @@ def ablation_info(folder: Path, notes: Notes) -> dict[str, Any] | None:
     metrics = [c[: -len("_mean")] for c in cols if c.endswith("_mean") and not c.endswith("_diff_mean")]
     headline = [m for m in ABLATION_HEADLINE if m in metrics] or metrics[:4]
     ref = man.get("reference") or next((r.get("reference") for r in records if r.get("reference")), None)
+    shown = set(IDENTITY) | {c for m in metrics for c in cols if c.startswith(f"{m}_") and (
+        m not in headline or c[len(m) + 1:] in CELL_KEYS or c.startswith(f"{m}_diff_"))}
+    also = [c for c in cols if c not in shown]  # e.g. patient counts, permutation p-values
     rows = []
     for name, r in zip(names, records, strict=True):
         cells = [_cell(r, m) for m in headline]
         diffs = [_diff(r, m, cols) for m in headline if f"{m}_diff_mean" in cols]
         kind = str(r.get("kind") or "model")
         rows.append({"model": name, "kind": kind, "sanity": kind != "model", "cells": cells, "diffs": diffs,
-                     "run": r.get("run")})
+                     "run": r.get("run"),
+                     "also": [(c.replace("_", " "), r[c]) for c in also if _shown(r.get(c))]})
     null = table(folder / "null.parquet", notes)
     return {
         "name": folder.name, "reference": ref, "metrics": [{"key": m, "label": label(m)} for m in headline],
-        "has_diffs": any(f"{m}_diff_mean" in cols for m in headline), "rows": rows,
+        "has_diffs": any(f"{m}_diff_mean" in cols for m in headline), "rows": rows, "has_also": bool(also),
         "all_columns": cols, "models": names, "transposed": [[c, *[r.get(c) for r in records]] for c in cols],
         "prose": _prose(text_file(folder / "summary.md", notes) or ""),
         "split_sha256": man.get("split_sha256"), "best": _best(rows, headline),
@@ -185,6 +192,11 @@ def ablation_info(folder: Path, notes: Notes) -> dict[str, Any] | None:
         "images": [{"image": inline(p), "path": str(p), "caption": p.stem.replace("_", " ")}
                    for p in pngs(folder, ("metrics.png",))],
     }
+
+
+def _shown(v: Any) -> bool:
+    """Worth a line: not missing, not NaN."""
+    return v is not None and (not isinstance(v, float) or number(v) is not None)
 
 
 def _cell(r: dict[str, Any], m: str) -> dict[str, Any]:
@@ -195,16 +207,14 @@ def _cell(r: dict[str, Any], m: str) -> dict[str, Any]:
 
 
 def _diff(r: dict[str, Any], m: str, cols: list[str]) -> dict[str, Any]:
-    """The paired difference of one metric: mean ± sd over folds, then every other ``<m>_diff_*`` column."""
+    """The paired difference of one metric: the pooled difference with its CI when the table has them,
+    mean ± sd over folds, then every other ``<m>_diff_*`` column (wins, t, p, ...) by name."""
     pre = f"{m}_diff_"
-    extra = {c[len(pre):]: r.get(c) for c in cols if c.startswith(pre) and c[len(pre):] not in ("mean", "sd")}
-    ci = None
-    for lo_key in [k for k in extra if k.endswith("ci_low")]:
-        hi_key = lo_key[: -len("low")] + "high"
-        if hi_key in extra:
-            ci = (number(extra.pop(lo_key)), number(extra.pop(hi_key)))
-            break
-    return {"mean": number(r.get(f"{pre}mean")), "sd": number(r.get(f"{pre}sd")), "ci": ci,
+    extra = {c[len(pre):]: r.get(c) for c in cols
+             if c.startswith(pre) and c[len(pre):] not in ("mean", "sd", "pooled", "ci_low", "ci_high")}
+    return {"pooled": number(r.get(f"{pre}pooled")), "mean": number(r.get(f"{pre}mean")),
+            "sd": number(r.get(f"{pre}sd")), "lo": number(r.get(f"{pre}ci_low")),
+            "hi": number(r.get(f"{pre}ci_high")),
             "extra": [(k.replace("_", " "), v) for k, v in extra.items()]}
 
 
