@@ -99,6 +99,12 @@ def _metrics(oof: Any, outs: list[FoldOutput], classes: list[str]) -> dict[str, 
             "pooled": pooled, "pooled_per_repeat": pooled_by_repeat}
 
 
+def _extends(new: Splits, saved: Splits) -> bool:
+    """Whether ``new`` is ``saved`` with more repeats (its first repeats identical)."""
+    return (new.repeats > saved.repeats and new.folds == saved.folds and new.patient_ids == saved.patient_ids
+            and np.array_equal(new.fold[:saved.repeats], saved.fold))
+
+
 def calibration_note(cfg: TrainConfig) -> dict[str, str]:
     """What ``cal_prob*`` holds (metrics.json ``calibration``): Brier and calibration use it."""
     if cfg.pos_weight_value() is None:
@@ -269,9 +275,10 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     if created:  # a run started alongside may have saved one meanwhile: both must then agree
         path = splits_path(wd, cfg.split)
         with outputs.stage_lock(wd, f"splits-{cfg.split}", wait=60):
-            if not path.exists():
+            saved = load_splits(path) if path.exists() else None
+            if saved is None or _extends(splits, saved):  # new, or more repeats of the saved one
                 save_splits(splits, path)
-            elif load_splits(path).sha256() != splits.sha256():
+            elif saved.sha256() != splits.sha256():
                 raise ArtifactError("was saved by another run while this one trained, with other folds",
                                     path=path, fix="re-run this command: it will use the saved split "
                                     "(or pass the saved --folds/--repeats)")
