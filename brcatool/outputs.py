@@ -31,7 +31,7 @@ def replacing(wd: Workdir, finals: Sequence[Path], *, enabled: bool = True,
     """Build new outputs beside the old ones; swap them in only when the block succeeds.
 
     Yields a ``Workdir`` whose paths for ``finals`` (files or folders) point into staging folders
-    beside them (``.<tag>.tmp-<hex>/<name>``, same file system), while every other artifact is
+    beside them (``.<tag>-<key>.tmp-<hex>/<name>``, same file system), while every other artifact is
     read in place. On success each final is replaced by its staged version (or removed when the
     new run made none); the old manifests (put them last in ``finals``) go first and the new ones
     come last, so an interruption mid-swap leaves an output that reads as unfinished, never a mix
@@ -41,6 +41,23 @@ def replacing(wd: Workdir, finals: Sequence[Path], *, enabled: bool = True,
     if not enabled:
         yield wd
         return
+    # one replacement of these outputs at a time (a second refuses with one line); the staging a
+    # killed replacement left beside them is removed first
+    key = replace_key(finals)
+    with stage_lock(wd, f"replace-{tag}-{key}"):
+        for parent in {Path(f).parent for f in finals}:  # only this set's: others may be live
+            clean_debris(parent, [f"{tag}-{key}"])
+        with _replacing(wd, finals, f"{tag}-{key}") as staged:
+            yield staged
+
+
+def replace_key(finals: Sequence[Path]) -> str:
+    """Names the lock and the staging folders of one set of outputs being replaced."""
+    return hashlib.sha256("\n".join(sorted(str(f) for f in finals)).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _replacing(wd: Workdir, finals: Sequence[Path], tag: str) -> Iterator[Workdir]:
     token = uuid.uuid4().hex[:8]
     pairs = [(Path(f), _stage_tmp(Path(f), tag, token)) for f in finals]
     staged_wd = Workdir(wd.root, wd.redirects + tuple(pairs))

@@ -17,8 +17,9 @@ from brcatool.synth.patches import make_patch_workdir
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes (folders: None), lock files aside."""
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*"))}
+            for p in sorted(root.rglob("*")) if ".locks" not in p.relative_to(root).parts}
 
 
 def _layout(rng: random.Random, finals: list[Path]) -> None:
@@ -44,7 +45,12 @@ def test_replacing_swaps_on_success_and_keeps_the_old_on_failure(tmp_path: Path,
     finals = [wd.patches_zarr, wd.qc_dir, wd.patches_table, wd.root / "sub" / "deep.json",
               wd.stage_manifest("tile")]
     _layout(rng, finals)
-    before = _snapshot(wd.root)
+    key = outputs.replace_key(finals)
+    killed = wd.root / f".t-{key}.tmp-0badf00d"  # the staging a killed replacement left behind
+    (killed / "qc").mkdir(parents=True)
+    other = wd.root / ".t-0123456789ab.tmp-0badf00d"  # another replacement's, maybe live: kept
+    other.mkdir()
+    before = {k: v for k, v in _snapshot(wd.root).items() if not k.startswith(f".t-{key}")}
     fail = rng.random() < 0.5
     with pytest.raises(RuntimeError) if fail else _nothing():
         with outputs.replacing(wd, finals, tag="t") as staged:
@@ -56,8 +62,8 @@ def test_replacing_swaps_on_success_and_keeps_the_old_on_failure(tmp_path: Path,
                            for f in finals}
             if fail:
                 raise RuntimeError("the new output could not be made")
-    leftovers = [p for p in wd.root.rglob("*") if ".tmp-" in p.name]
-    assert leftovers == []
+    leftovers = [p for p in wd.root.rglob("*") if ".tmp-" in p.name and not p.is_relative_to(other)]
+    assert leftovers == [] and other.is_dir()
     if fail:
         assert _snapshot(wd.root) == before
         return
@@ -216,3 +222,18 @@ def test_prep_expr_overwrite_that_fails_mid_write_keeps_the_old_tables(
     monkeypatch.undo()
     run_prep_expr(wd, other, progress=False, overwrite=True)
     assert _snapshot(wd.root) != before and not any(".tmp-" in p.name for p in wd.root.rglob("*"))
+
+
+def test_a_second_replacement_of_the_same_outputs_refuses(tmp_path: Path) -> None:
+    from brcatool.locks import LockBusy
+
+    wd = Workdir(tmp_path / "wd")
+    wd.root.mkdir()
+    with outputs.replacing(wd, [wd.qc_dir], tag="t") as first:
+        first.qc_dir.mkdir(parents=True)
+        with pytest.raises(LockBusy, match="locked by pid"):
+            with outputs.replacing(wd, [wd.qc_dir], tag="t"):
+                pass
+        with outputs.replacing(wd, [wd.patches_table], tag="t"):  # other outputs: fine
+            pass
+    assert wd.qc_dir.is_dir()
