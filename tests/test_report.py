@@ -349,3 +349,24 @@ def test_cli(demo_wd: Workdir, tmp_path: Path) -> None:
     assert "Traceback" not in bad.output
     missing = runner.invoke(app, ["report", "-w", str(tmp_path / "absent")])
     assert missing.exit_code == 1 and "workdir not found" in missing.output
+
+
+def test_dropped_reads_nested_and_flat_prep_expr_counts(tmp_path: Path) -> None:
+    """prep-expr's structured ``counts["dropped"]`` (leaves > 0 that leave something out) or the older flat
+    ``*_dropped_*`` counts; statistics that drop nothing (rows read, a policy name) are not rows."""
+    from brcatool.report.read import Notes
+    from brcatool.report.study import _dropped
+
+    wd = Workdir(tmp_path)
+    nested = {"dropped": {"sample_columns": {"not_primary": 3, "types": {"06": 2, "11": 1},
+                                             "second_sample_of_a_patient": 0},
+                          "label_rows": {"rows": 60, "dropped_by_task": {"Normal": 5, "Other": 0},
+                                         "blank": 2},
+                          "duplicate_genes": {"policy": "first", "genes": 4}}}
+    rows = {r["what"]: r for r in _dropped(wd, {"counts": nested}, None, Notes())}
+    assert {k: r["n"] for k, r in rows.items()} == {
+        "non-primary samples": 3, "labels the task drops: Normal": 5, "blank labels": 2}
+    assert "'06': 2" in rows["non-primary samples"]["why"]
+    flat = {"samples_dropped_not_primary": 2, "genes_dropped_zero": 0, "samples_read": 9}
+    rows = _dropped(wd, {"counts": flat}, None, Notes())
+    assert [(r["what"], r["n"]) for r in rows] == [("samples dropped not primary", 2)]

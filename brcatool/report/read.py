@@ -78,7 +78,8 @@ def duration(manifest: dict[str, Any]) -> float | None:
         t1 = _dt.datetime.fromisoformat(str(manifest["finished"]))
     except (KeyError, ValueError):
         return None
-    return (t1 - t0).total_seconds()
+    seconds = (t1 - t0).total_seconds()
+    return seconds if seconds > 0 else None  # stamps in whole seconds: 0 says nothing
 
 
 def pngs(folder: Path, first: tuple[str, ...] = ()) -> list[Path]:

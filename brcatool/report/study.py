@@ -10,7 +10,24 @@ from brcatool.report.read import Notes, json_file, number, table
 
 #: Slide statuses in the order the grid's filter lists them; others found are appended.
 STATUSES = ("ok", "no_tissue", "failed")
-#: Why prep-expr's ``*dropped*`` counts dropped something (other keys are shown by name).
+#: prep-expr's ``counts["dropped"]`` entries that leave something out: (group, key) -> (what, why).
+NESTED_DROPS = {
+    ("sample_columns", "not_primary"): ("non-primary samples", "TCGA sample type other than 01 primary "
+                                        "tumour (e.g. 06 metastasis, 11 normal tissue)"),
+    ("sample_columns", "second_sample_of_a_patient"): ("extra samples of a patient",
+                                                       "one sample is kept per patient"),
+    ("label_rows", "dropped_by_task"): ("labels the task drops", "not a class of the task"),
+    ("label_rows", "unknown"): ("unknown label values", "not a value the task knows"),
+    ("label_rows", "blank"): ("blank labels", "no label value"),
+    ("label_rows", "non_primary_sample_rows"): ("clinical rows of non-primary samples",
+                                                "labels follow the primary tumour sample"),
+    ("label_rows", "patients_conflicting"): ("patients with conflicting labels", "left unlabelled"),
+    ("gene_rows", "zero_or_missing"): ("genes zero or missing in too many samples", "--max-zero-frac"),
+    ("gene_rows", "empty_gene_ids"): ("gene rows without an id", "no gene to name"),
+    ("gene_rows", "non_gene_rows"): ("rows that are not genes", "e.g. HTSeq/STAR summary rows"),
+    ("gene_rows", "duplicate_gene_rows"): ("duplicate gene rows", "--duplicate-genes"),
+}
+#: Why the older flat ``*dropped*`` counts dropped something (other keys are shown by name).
 DROP_REASONS = {
     "samples_dropped_not_primary": "non-primary samples: TCGA sample type other than 01 (e.g. 06 metastasis, "
                                    "11 normal tissue)",
@@ -58,12 +75,12 @@ def _included(cohort: Any) -> set[str] | None:
 
 def _dropped(wd: Workdir, man: dict[str, Any], cohort: Any, notes: Notes) -> list[dict[str, Any]]:
     """(what, how many, why) rows: samples, labels, slides and patients left out."""
-    rows: list[dict[str, Any]] = []
     counts = man.get("counts") or {}
-    for key, value in counts.items():
-        if "dropped" in key and (number(value) or 0) > 0:
-            rows.append({"what": key.replace("_", " "), "n": int(value), "examples": [],
-                         "why": DROP_REASONS.get(key, "prep-expr (see its warnings below)")})
+    nested = counts.get("dropped")
+    rows = _nested_drops(nested) if isinstance(nested, dict) else [
+        {"what": key.replace("_", " "), "n": int(value), "examples": [],
+         "why": DROP_REASONS.get(key, "prep-expr (see its warnings below)")}
+        for key, value in counts.items() if "dropped" in key and (number(value) or 0) > 0]
     if cohort is not None and {"included", "has_label"} <= set(cohort.columns):
         out = cohort.filter(~cohort["included"])
         no_label = out.filter(~out["has_label"])["patient_id"].to_list()
@@ -84,6 +101,19 @@ def _dropped(wd: Workdir, man: dict[str, Any], cohort: Any, notes: Notes) -> lis
             rows.append({"what": f"slides {status.replace('_', ' ')}", "n": part.height,
                          "examples": part["slide_id"].to_list()[:8],
                          "why": "; ".join(sorted({str(e) for e in errors if e})[:3]) or status})
+    return rows
+
+
+def _nested_drops(dropped: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for (group, key), (what, why) in NESTED_DROPS.items():
+        grp = dropped.get(group) if isinstance(dropped.get(group), dict) else {}
+        value = grp.get(key)
+        for sub, n in value.items() if isinstance(value, dict) else [(None, value)]:  # per label value
+            if (number(n) or 0) > 0:
+                types = grp.get("types") if key == "not_primary" else None
+                rows.append({"what": what if sub is None else f"{what}: {sub}", "n": int(n), "examples": [],
+                             "why": why + (f" (sample types {types})" if types else "")})
     return rows
 
 
