@@ -22,10 +22,11 @@ NESTED_DROPS = {
     ("label_rows", "non_primary_sample_rows"): ("clinical rows of non-primary samples",
                                                 "labels follow the primary tumour sample"),
     ("label_rows", "patients_conflicting"): ("patients with conflicting labels", "left unlabelled"),
-    ("gene_rows", "zero_or_missing"): ("genes zero or missing in too many samples", "--max-zero-frac"),
+    ("gene_rows", "zero_or_missing"): ("genes zero or missing in too many samples",
+                                       "more such samples than --max-zero-frac allows"),
     ("gene_rows", "empty_gene_ids"): ("gene rows without an id", "no gene to name"),
     ("gene_rows", "non_gene_rows"): ("rows that are not genes", "e.g. HTSeq/STAR summary rows"),
-    ("gene_rows", "duplicate_gene_rows"): ("duplicate gene rows", "--duplicate-genes"),
+    ("gene_rows", "duplicate_gene_rows"): ("duplicate gene rows", "resolved by --duplicate-genes"),
 }
 #: Why the older flat ``*dropped*`` counts dropped something (other keys are shown by name).
 DROP_REASONS = {
