@@ -18,6 +18,7 @@ shuffled among the patients that have images, within folds (what the pairing add
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from brcatool.ablation_report import LABELS, TABLE_METRICS, markdown, summary_ta
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.comparison import common_patients, empirical_p, paired, restrict, scores
 from brcatool.errors import ArtifactError, InputError
+from brcatool.outputs import replacing
 from brcatool.splits import splits_path
 from brcatool.training import TrainConfig, TrainSettings
 
@@ -216,27 +218,35 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     summary = summary_table(specs, scored, pairs, ref, dropped, null)
     md = markdown(summary, cfg, ref, evals, notes, null)
     plots: list[Path] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.write_parquet(summary, out_dir / "summary.parquet", schema="summary")
-    artifacts.write_text(out_dir / "summary.md", md)
-    if cfg.plots:
-        from brcatool import plots as P
+    # written beside an older ablation of this name and swapped in when complete (--overwrite)
+    with replacing(wd, [out_dir], enabled=out_dir.exists(), tag="ablate") as staged:
+        new_dir = staged.at(out_dir)
+        new_dir.mkdir(parents=True, exist_ok=True)
+        if (out_dir / "null.parquet").is_file():  # made (or checked and reused) by this run above
+            shutil.copy2(out_dir / "null.parquet", new_dir / "null.parquet")
+        artifacts.write_parquet(summary, new_dir / "summary.parquet", schema="summary")
+        artifacts.write_text(new_dir / "summary.md", md)
+        if cfg.plots:
+            from brcatool import plots as P
 
-        rows = summary.to_dicts()
-        plots.append(P.ablation_bars(
-            [r["model"] for r in rows], {LABELS[m]: [r[f"{m}_mean"] for r in rows] for m in TABLE_METRICS},
-            {LABELS[m]: [r[f"{m}_sd"] for r in rows] for m in TABLE_METRICS}, out_dir / "metrics.png",
-            title=f"Ablation {cfg.name} (fold mean ± sd, {cfg.folds} folds x {cfg.repeats}, "
-                  f"{len(common)} common patients)"))
-    config.write_yaml(cfg, out_dir / "config.yaml")
-    manifest = Manifest("ablate", params)
-    manifest.add_input(splits_path(wd, cfg.split))
-    for s in specs:
-        manifest.add_input(wd.run_dir(s.run) / "oof.parquet")
-    seconds = time.perf_counter() - t0
-    manifest.write(out_dir / "manifest.json", counts={"models": len(specs), "common_patients": len(common)},
-                   name=cfg.name, runs={s.label: s.run for s in specs}, reference=ref, split_sha256=split_sha,
-                   seconds=round(seconds, 2))
+            rows = summary.to_dicts()
+            plots.append(P.ablation_bars(
+                [r["model"] for r in rows],
+                {LABELS[m]: [r[f"{m}_mean"] for r in rows] for m in TABLE_METRICS},
+                {LABELS[m]: [r[f"{m}_sd"] for r in rows] for m in TABLE_METRICS}, new_dir / "metrics.png",
+                title=f"Ablation {cfg.name} (fold mean ± sd, {cfg.folds} folds x {cfg.repeats}, "
+                      f"{len(common)} common patients)"))
+        config.write_yaml(cfg, new_dir / "config.yaml")
+        manifest = Manifest("ablate", params)
+        manifest.add_input(splits_path(wd, cfg.split))
+        for s in specs:
+            manifest.add_input(wd.run_dir(s.run) / "oof.parquet")
+        seconds = time.perf_counter() - t0
+        manifest.write(new_dir / "manifest.json",
+                       counts={"models": len(specs), "common_patients": len(common)}, name=cfg.name,
+                       runs={s.label: s.run for s in specs}, reference=ref, split_sha256=split_sha,
+                       seconds=round(seconds, 2))
+    plots = [out_dir / p.relative_to(new_dir) for p in plots]
     return AblateResult(name=cfg.name, out_dir=out_dir, summary=summary, markdown=md, reference=ref,
                         runs={s.label: wd.run_dir(s.run) for s in specs}, plots=plots, notes=notes,
                         split_sha256=split_sha, seconds=seconds, n_common=len(common), null=null)
