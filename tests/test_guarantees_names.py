@@ -168,3 +168,33 @@ def test_symlinked_slide_keeps_its_name_and_symlinked_folders_are_followed(tmp_p
     assert entry.slide_id == "TCGA-A1-A0SB-01Z-00-DX1" and entry.patient_id == "TCGA-A1-A0SB"
     # the same file through a link and directly is tiled once
     assert len(slides.find_slides([links / "TCGA-A1-A0SB-01Z-00-DX1.tiff", target])) == 1
+
+
+def test_hostile_patient_ids_through_train_and_evaluate_stay_inside(tmp_path: Path) -> None:
+    """A clinical table whose patient ids hold `../`, `/`, NUL, Unicode or reserved names: the run's
+    montages and attention exports are written inside the workdir, one per patient, ids intact."""
+    import polars as pl
+
+    from brcatool.evaluation import EvaluateConfig, run_evaluate
+    from brcatool.synth import make_prepared_workdir
+    from brcatool.training import TrainConfig, run_train
+
+    hostile = ["../../../escaped", "/abs/path", "a/../b", ".", "..", "p\x00q", "CON", "params",
+               "manifest", "zarr.json", "é", "e\u0301", "\u202erlo", "名前", ".tmp-x", "x" * 200]
+    root = tmp_path / "deep" / "wd"
+    prepared = make_prepared_workdir(root, patients=len(hostile), patches=3, dim=4, genes=8,
+                                     patient_ids=hostile)
+    wd = prepared.workdir
+    index = pl.read_parquet(wd.features_index(prepared.encoder))
+    for sid, n in index.select("slide_id", "n_patches").iter_rows():
+        stores.write_patches(wd, sid, np.full((n, 16, 16, 3), 200, np.uint8))
+    run_train(wd, TrainConfig(fusion="image", aggregator="abmil", folds=2, epochs=2, patience=1, name="h",
+                              device="cpu"), progress=False)
+    res = run_evaluate(wd, EvaluateConfig(run="h", bootstrap=10, top_k=2, heatmaps=False), progress=False)
+    assert res.montages == len(hostile)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(_inside(p, wd.root) for p in written), [p for p in written if not _inside(p, wd.root)]
+    topk = sorted(p.stem for p in (res.out_dir / "topk").glob("*.png"))
+    assert topk == sorted(names.file_name(p) for p in hostile)
+    att = pl.read_parquet(res.attention)
+    assert sorted(att["patient_id"].unique()) == sorted(hostile)  # the ids themselves, unchanged

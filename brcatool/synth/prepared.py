@@ -66,7 +66,7 @@ def make_prepared_workdir(
     task: str = "luminal-vs-basalher2", classes: Sequence[str] | None = None,
     missing_expression: int = 0, missing_slides: int = 0, slides_per_patient: int = 1,
     ragged: bool = False, seed: int = 0, encoder: str = "synthetic", signal_patches: int | None = None,
-    weights: str = "synthetic-v1", recipe: dict | None = None,
+    weights: str = "synthetic-v1", recipe: dict | None = None, patient_ids: Sequence[str] | None = None,
 ) -> PreparedWorkdir:
     """Write features (store, index, manifest), expression, labels, recipe, cohort, slides, patches.
 
@@ -85,6 +85,10 @@ def make_prepared_workdir(
         raise InputError("too many patients without a modality")
     rng = np.random.default_rng(seed)
     pids = sorted(patient_barcodes(patients, rng))
+    if patient_ids is not None:  # e.g. hostile ids (brcatool.synth.hostile) for path-safety tests
+        if len(set(patient_ids)) != patients:
+            raise InputError("patient_ids must hold `patients` distinct ids")
+        pids = sorted(str(p) for p in patient_ids)
     names, label, target = _labels(task, classes, patients, rng)
     C = len(names)
     order = rng.permutation(patients)
