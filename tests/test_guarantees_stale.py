@@ -154,3 +154,31 @@ def test_slide_replaced_in_place_is_retiled_and_noop_reruns_keep_the_fingerprint
     with slides.open_slide(victim) as s:
         assert (row["width"], row["height"]) == s.dimensions
     assert np.all([r["status"] == "ok" for r in res.rows])
+
+
+def test_retiling_makes_train_refuse_the_old_features_end_to_end(tmp_path: Path, small_cohort) -> None:
+    """tile -> embed -> prep-expr, then `tile --overwrite` with other parameters: the features no
+    longer match the patch table, so loading them is refused until embed is re-run."""
+    from brcatool.cohort import load_cohort
+    from brcatool.embedding import EmbedConfig, run_embed
+    from brcatool.expression import PrepExprConfig, run_prep_expr
+    from brcatool.tiling import TileConfig, run_tile
+
+    wd = Workdir(tmp_path / "wd")
+    tile = TileConfig(slides=[str(small_cohort.slides_dir)], patches=2, patch_size=32, mpp_fallback=0.5)
+    run_tile(wd, tile, progress=False)
+    embed = EmbedConfig(encoder="resnet18", weights="random", batch_size=8, num_workers=0,
+                        precision="fp32", device="cpu")
+    run_embed(wd, embed, progress=False)
+    run_prep_expr(wd, PrepExprConfig(expression=small_cohort.expression, clinical=small_cohort.clinical),
+                  progress=False)
+    assert load_cohort(wd, images=True, expression=False).has_img.any()
+    run_tile(wd, TileConfig(**{**tile.__dict__, "patches": 3, "overwrite": True}), progress=False)
+    with pytest.raises(ArtifactError, match="older tile output") as err:
+        load_cohort(wd, images=True, expression=False)
+    assert "embed --encoder resnet18 --overwrite" in str(err.value)
+    with pytest.raises(ArtifactError, match="other parameters"):  # embed itself sees the change
+        run_embed(wd, embed, progress=False)
+    run_embed(wd, EmbedConfig(**{**embed.__dict__, "overwrite": True}), progress=False)
+    cohort = load_cohort(wd, images=True, expression=False)
+    assert int(cohort.mask.sum()) == artifacts.read_json(wd.stage_manifest("tile"))["counts"]["patches"]
