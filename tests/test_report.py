@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from brcatool import artifacts
 from brcatool.artifacts import Workdir
 from brcatool.cli.app import app
+from brcatool.names import file_name
 from brcatool.report import ReportConfig, run_report
 from brcatool.report.collect import SECTIONS, collect
 from brcatool.report.interpret import pick
@@ -99,7 +100,7 @@ def test_only_tile_ran(tile_only: Workdir, tmp_path: Path) -> None:
     assert data["status_counts"] == {s: int((slides["status"] == s).sum()) for s in statuses}
     assert data["n_patches"] == slides["n_patches"].sum()
     for card, row in zip(data["cards"], slides.iter_rows(named=True), strict=True):
-        has_qc = (tile_only.qc_dir / f"{row['slide_id']}.png").is_file()
+        has_qc = tile_only.qc_image(row["slide_id"]).is_file()
         assert (card["thumb"] is not None) == has_qc  # failed slides have no QC image, and no broken <img>
         assert card["n_patches"] == row["n_patches"]
         if row["status"] == "failed":
@@ -262,7 +263,7 @@ def test_interpretability_section(demo_wd: Workdir, demo_data: dict) -> None:
         mine = set(slides.filter(pl.col("patient_id") == p["patient_id"])["slide_id"])
         shown = {h["slide_id"] for h in p["heatmaps"]}
         assert shown and shown <= mine
-        assert shown == {s for s in mine if (out / "heatmaps" / f"{s}.png").is_file()}
+        assert shown == {s for s in mine if (out / "heatmaps" / f"{file_name(s)}.png").is_file()}
     from brcatool.report.interpret import interpret_section
     from brcatool.report.read import Notes
 
@@ -310,8 +311,8 @@ def test_unreadable_files_become_notes(demo_wd: Workdir, tmp_path: Path) -> None
     # manifests and sanity records missing their usual keys still render (as far as they go)
     artifacts.write_json(other / "eval" / "manifest.json", {"stage": "evaluate", "inputs": [{"size": 3}]})
     artifacts.write_json(run / "sanity.json", {"seed": 1})
-    sid = next(wd.qc_dir.glob("*.png")).stem
-    (wd.qc_dir / f"{sid}.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    sid = artifacts.read_parquet(wd.slides_table, schema="slides")["slide_id"][0]
+    wd.qc_image(sid).write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     res = run_report(wd, ReportConfig())
     assert any(str(run / "eval" / "metrics.json") in n for n in res.notes)
     html = res.path.read_text()

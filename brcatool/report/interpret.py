@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from brcatool.artifacts import Workdir
+from brcatool.names import file_name
 from brcatool.report.images import inline
 from brcatool.report.read import Notes, json_file, number, pngs, table
 
@@ -30,29 +31,33 @@ def interpret_section(wd: Workdir, notes: Notes, run_dirs: list[Path], n_patient
     return {"ran": True, "runs": runs, "n_patients": n_patients}
 
 
-def _slide_owners(wd: Workdir, run_dirs: list[Path], notes: Notes) -> dict[str, str]:
-    """slide_id -> patient_id from the tile table, else from evaluate's patch-weight tables."""
-    owners: dict[str, str] = {}
+def _slide_owners(wd: Workdir, run_dirs: list[Path], notes: Notes) -> dict[str, tuple[str, str]]:
+    """File name of a slide's heatmap -> (slide_id, patient_id), from the tile table, else from
+    evaluate's patch-weight tables (figures are named by ``names.file_name`` of the id)."""
+    owners: dict[str, tuple[str, str]] = {}
     sources = [wd.slides_table] + [d / "eval" / "attention.parquet" for d in run_dirs]
     for path in sources:
         t = table(path, notes) if path.is_file() else None
         if t is not None and {"slide_id", "patient_id"} <= set(t.columns):
             for sid, pid in t.select("slide_id", "patient_id").unique().iter_rows():
-                owners.setdefault(str(sid), str(pid))
+                owners.setdefault(file_name(str(sid)), (str(sid), str(pid)))
     return owners
 
 
-def _run(run_dir: Path, notes: Notes, slide_owner: dict[str, str], n: int) -> dict[str, Any] | None:
+def _run(run_dir: Path, notes: Notes, slide_owner: dict[str, tuple[str, str]],
+         n: int) -> dict[str, Any] | None:
     out = run_dir / "eval"
-    topk = {p.stem: p for p in pngs(out / "topk")}
-    heat: dict[str, list[Path]] = {}
-    for p in pngs(out / "heatmaps"):
-        heat.setdefault(slide_owner.get(p.stem, p.stem), []).append(p)
-    if not topk and not heat:
-        return None
     mets = json_file(run_dir / "metrics.json", notes) or {}
     classes = [str(c) for c in mets.get("classes") or []]
     preds = _predictions(run_dir, classes, notes)
+    patient_of = {file_name(pid): pid for pid in preds}
+    topk = {patient_of.get(p.stem, p.stem): p for p in pngs(out / "topk")}
+    heat: dict[str, list[tuple[str, Path]]] = {}
+    for p in pngs(out / "heatmaps"):
+        sid, pid = slide_owner.get(p.stem, (p.stem, p.stem))
+        heat.setdefault(pid, []).append((sid, p))
+    if not topk and not heat:
+        return None
     have = sorted(set(topk) | set(heat))
     chosen = pick(have, preds, n)
     patients = []
@@ -61,8 +66,8 @@ def _run(run_dir: Path, notes: Notes, slide_owner: dict[str, str], n: int) -> di
         patients.append({
             "patient_id": pid, **p,
             "topk": inline(topk[pid]) if pid in topk else None,
-            "heatmaps": [{"slide_id": h.stem, "image": inline(h, max_side=560, jpeg=True)}
-                         for h in heat.get(pid, [])],
+            "heatmaps": [{"slide_id": sid, "image": inline(h, max_side=560, jpeg=True)}
+                         for sid, h in heat.get(pid, [])],
         })
     return {"name": run_dir.name, "classes": classes, "patients": patients, "available": len(have),
             "methods": _methods(out / "attention.parquet", notes)}
