@@ -220,12 +220,12 @@ def _embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) 
 
     t0 = time.perf_counter()
     wd = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
-    if cfg.views < 1:
-        raise InputError(f"--views must be >= 1, got {cfg.views}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    if cfg.input_size is not None and cfg.input_size < 16:
-        raise InputError(f"--input-size must be >= 16 px, got {cfg.input_size}")
+    if not 1 <= cfg.views <= 64:
+        raise InputError(f"--views must be between 1 and 64, got {cfg.views}")
+    if cfg.batch_size is not None and not 1 <= cfg.batch_size <= 65536:
+        raise InputError(f"--batch-size must be between 1 and 65536, got {cfg.batch_size}")
+    if cfg.input_size is not None and not 16 <= cfg.input_size <= 4096:
+        raise InputError(f"--input-size must be between 16 and 4096 px, got {cfg.input_size}")
     spec = get_encoder(cfg.encoder)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)

@@ -11,6 +11,9 @@ from brcatool.errors import InputError
 EXEC_ONLY = ("workers", "shard", "dask", "merge", "overwrite", "strict")  # do not change outputs
 
 
+#: Largest patch side: a batch of 64 patches is held in memory per slide being read.
+MAX_PATCH_SIZE = 4096
+
 @dataclass
 class TileConfig:
     """Options of `brcatool tile` (defaults equal the CLI's)."""
@@ -66,7 +69,7 @@ class TileResult:
 def validate(cfg: TileConfig) -> None:
     checks = [
         (cfg.patches >= 1, "--patches must be >= 1"),
-        (cfg.patch_size >= 8, "--patch-size must be >= 8"),
+        (8 <= cfg.patch_size <= MAX_PATCH_SIZE, f"--patch-size must be between 8 and {MAX_PATCH_SIZE} px"),
         (cfg.stride is None or cfg.stride >= 1, "--stride must be >= 1"),
         (0.0 <= cfg.min_tissue <= 1.0, "--min-tissue must be between 0 and 1"),
         (cfg.mpp > 0, "--mpp must be > 0"),

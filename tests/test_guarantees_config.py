@@ -101,3 +101,19 @@ def test_synth_sizes_are_bounded(tmp_path: Path, size: str) -> None:
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output and "slide" in res.output.lower()
     assert not (tmp_path / "c" / "slides").exists() or not any((tmp_path / "c" / "slides").iterdir())
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("tile", "--patch-size", "100000"), ("tile", "--patch-size", "4097"), ("embed", "--views", "1000000"),
+    ("embed", "--batch-size", "100000000"), ("embed", "--input-size", "1000000")])
+def test_stage_sizes_are_bounded(tmp_path: Path, small_cohort, command: str, option: str, value: str) -> None:
+    from brcatool.synth.patches import make_patch_workdir
+
+    wd = make_patch_workdir(tmp_path / "wd", slides=1, patches=2, size=16)
+    args = [command, "-w", str(wd.root), option, value, "-q"]
+    if command == "tile":
+        args.insert(1, str(small_cohort.slides_dir))
+    else:
+        args += ["--encoder", "resnet18", "--weights", "random", "--device", "cpu"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output and "between" in res.output, res.output
