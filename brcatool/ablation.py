@@ -218,8 +218,8 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     summary = summary_table(specs, scored, pairs, ref, dropped, null)
     md = markdown(summary, cfg, ref, evals, notes, null)
     plots: list[Path] = []
-    # written beside an older ablation of this name and swapped in when complete (--overwrite)
-    with replacing(wd, [out_dir], enabled=out_dir.exists(), tag="ablate") as staged:
+    # written beside an older ablation of this name (one writer at a time), swapped in when complete
+    with replacing(wd, [out_dir], tag="ablate") as staged:
         new_dir = staged.at(out_dir)
         new_dir.mkdir(parents=True, exist_ok=True)
         if (out_dir / "null.parquet").is_file():  # made (or checked and reused) by this run above

@@ -285,7 +285,7 @@ def run_evaluate(workdir: Path | Workdir, cfg: EvaluateConfig, *, progress: bool
             return load_result(run_dir, out_dir)
     # the run was re-trained (inputs changed) or nothing exists yet: (re)compute, into a folder
     # beside the old evaluation that replaces it only once complete (a failure keeps the old one)
-    with outputs.replacing(wd, [out_dir], enabled=out_dir.exists(), tag="evaluate") as staged:
+    with outputs.replacing(wd, [out_dir], tag="evaluate") as staged:
         new_dir = staged.at(out_dir)
         if other is None:
             res = _evaluate_oof(wd, run_dir, new_dir, info, cfg, progress)

@@ -104,3 +104,20 @@ def test_a_split_saved_by_a_concurrent_first_run_is_never_overwritten(
         with pytest.raises(ArtifactError, match="saved by another run"):
             run_train(wd, cfg, progress=False)
         assert load_splits(wd.splits).folds == 3 and not wd.run_dir("mine").exists()
+
+
+def test_a_second_evaluation_of_one_run_at_the_same_time_refuses(tmp_path: Path) -> None:
+    from brcatool.evaluation import EvaluateConfig, run_evaluate
+    from brcatool.synth import make_prepared_workdir
+    from brcatool.training import TrainConfig, run_train
+
+    prepared = make_prepared_workdir(tmp_path / "wd", patients=12, patches=2, dim=4, genes=8)
+    wd = prepared.workdir
+    run_train(wd, TrainConfig(fusion="gene", folds=2, epochs=1, patience=1, name="r", device="cpu"),
+              progress=False)
+    out_dir = wd.run_dir("r") / "eval"
+    with outputs.stage_lock(wd, f"replace-evaluate-{outputs.replace_key([out_dir])}"):  # the first
+        with pytest.raises(LockBusy):
+            run_evaluate(wd, EvaluateConfig(run="r", bootstrap=10), progress=False)
+        assert not out_dir.exists()
+    assert run_evaluate(wd, EvaluateConfig(run="r", bootstrap=10), progress=False).out_dir == out_dir

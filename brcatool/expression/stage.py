@@ -324,7 +324,7 @@ def run_prep_expr(workdir: Path | Workdir, cfg: PrepExprConfig, *, progress: boo
         # failure (a full disk) keeps the old outputs whole
         finals = [wd.expression_table, wd.labels_table, wd.recipe_settings, wd.cohort_table,
                   manifest_path.with_suffix(".yaml"), manifest_path]
-        with replacing(wd, finals, enabled=any(p.exists() for p in finals), tag="prep-expr") as new:
+        with replacing(wd, finals, tag="prep-expr") as new:
             write_expression(new.expression_table, patients, genes, G)
             write_parquet(labels, new.labels_table, schema="labels")
             write_json(new.recipe_settings, recipe.settings())
