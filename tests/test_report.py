@@ -371,3 +371,24 @@ def test_dropped_reads_nested_and_flat_prep_expr_counts(tmp_path: Path) -> None:
     flat = {"samples_dropped_not_primary": 2, "genes_dropped_zero": 0, "samples_read": 9}
     rows = _dropped(wd, {"counts": flat}, None, Notes())
     assert [(r["what"], r["n"]) for r in rows] == [("samples dropped not primary", 2)]
+
+
+def test_figures_of_ids_that_are_not_file_names(demo_wd: Workdir, tmp_path: Path) -> None:
+    """evaluate names a montage by ``names.file_name`` of the patient id; the report maps it back."""
+    run = next(p for p in sorted(demo_wd.runs_dir.iterdir()) if (p / "eval" / "topk").is_dir())
+    wd = Workdir(tmp_path / "w")
+    shutil.copytree(run, wd.run_dir(run.name), ignore=shutil.ignore_patterns("*.pt", "heatmaps"))
+    topk = wd.run_dir(run.name) / "eval" / "topk"
+    pid = sorted(p.stem for p in topk.glob("*.png"))[0]
+    odd = f"{pid} / site 2"
+    assert file_name(odd) != odd
+    (topk / f"{pid}.png").rename(topk / f"{file_name(odd)}.png")
+    oof_path = wd.run_dir(run.name) / "oof.parquet"
+    oof = artifacts.read_parquet(oof_path, schema="oof")
+    oof = oof.with_columns(pl.when(pl.col("patient_id") == pid).then(pl.lit(odd))
+                           .otherwise(pl.col("patient_id")).alias("patient_id"))
+    artifacts.write_parquet(oof, oof_path, schema="oof")
+    (shown,) = collect(wd, patients=1000)["interpretability"]["runs"]
+    mine = next(p for p in shown["patients"] if p["patient_id"] == odd)
+    assert mine["topk"] is not None and mine["label"] in shown["classes"]
+    assert pid not in {p["patient_id"] for p in shown["patients"]}
