@@ -281,9 +281,9 @@ def _embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) 
     pending = len(segments) - len(finished(wd, spec.name, phash, segments, cfg.views, spec.dim))
     if stats["failed"]:
         sid, err = next(iter(stats["failed"].items()))
+        fix = next((f for f in stats["fixes"] if f), "fix the cause")
         raise ArtifactError(f"{len(stats['failed'])} slide(s) failed to embed (first: {sid}: {err})",
-                            path=fdir, fix="fix the cause and re-run the same command (finished slides "
-                                           "are kept)")
+                            path=fdir, fix=f"{fix}, then re-run the same command (finished slides are kept)")
     if pending:
         if opts.merge:
             raise ArtifactError(f"{pending} slide(s) are not embedded yet", path=fdir,
@@ -337,7 +337,7 @@ def _run_options(cfg: EmbedConfig) -> RunOptions:
 def _dispatch(job: EmbedJob, todo: list[tuple[str, int]], opts: RunOptions,
               progress: bool) -> dict[str, Any]:
     """Run the units over ``todo`` on the chosen executor; totals of what they did."""
-    stats: dict[str, Any] = {"patches": 0, "loop": 0.0, "first": (0, 0.0), "failed": {},
+    stats: dict[str, Any] = {"patches": 0, "loop": 0.0, "first": (0, 0.0), "failed": {}, "fixes": [],
                              "took_over": [], "unit_seconds": 0.0}
     if not todo:
         return stats
@@ -350,8 +350,11 @@ def _dispatch(job: EmbedJob, todo: list[tuple[str, int]], opts: RunOptions,
         units = [[seg for seg in todo if seg[0] in g] for g in groups if g]
 
         def failed(job_: tuple, exc: BaseException) -> dict[str, Any]:
-            msg = exc.one_line() if isinstance(exc, BrcaError) else f"{type(exc).__name__}: {exc}"
-            return {"error": " ".join(msg.split())[:300]}
+            if isinstance(exc, BrcaError):  # its own fix (e.g. re-run tile) is kept whole
+                where = f"{exc.path}: " if exc.path else ""
+                stats["fixes"].append(exc.fix)
+                return {"error": " ".join(f"{where}{exc.message}".split())[:300]}
+            return {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
 
         with _progress(progress and ex.name != "serial") as bar:
             task = bar.add_task(f"{job.encoder} ({ex.name})", total=sum(n for _, n in todo))

@@ -20,6 +20,9 @@ class BrcaError(Exception):
             # keep the original one line (the traceback's last line, after the class name)
             last = message.rstrip().splitlines()[-1]
             message = last.split(": ", 1)[1] if ": " in last else last
+            if message.endswith(")") and " (fix: " in message:  # keep the fix apart, as raised
+                message, _, fix = message.rpartition(" (fix: ")
+                fix = fix[:-1]
         self.message = message
         self.path = str(path) if path is not None else None
         self.fix = fix

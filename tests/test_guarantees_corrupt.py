@@ -69,7 +69,7 @@ def test_corrupt_patch_chunk_stops_embed_with_one_line(tmp_path: Path, kind: int
     with pytest.raises(ArtifactError) as err:
         run_embed(wd, cfg, progress=False)
     line = err.value.one_line()  # names the damaged array (the slide) and says to re-run
-    assert str(wd.patches_zarr / sid) in line and "re-run" in line, line
+    assert str(wd.patches_zarr / sid) in line and "re-run `brcatool tile`" in line, line
     assert "Traceback" not in line and "\n" not in line
 
 
