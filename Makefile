@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_DIR ?= demo-work
+BENCHES ?= $(wildcard benchmarks/bench_*.py)
 
 .PHONY: demo test lint bench clean
 
@@ -28,8 +29,15 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check brcatool tests benchmarks
 
+# Every benchmark, then each target line again (ratios over interleaved rounds, with the load average).
 bench: $(VENV)/.installed
-	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	@mkdir -p bench-work && rm -f bench-work/bench.log
+	@for f in $(BENCHES); do \
+		echo "== $$f" | tee -a bench-work/bench.log; \
+		{ $(BIN)/python -u $$f || echo "FAILED: $$f"; } 2>&1 | tee -a bench-work/bench.log; \
+	done
+	@echo "== targets (from bench-work/bench.log)"; grep -iE 'target|FAILED' bench-work/bench.log
+	@! grep -q '^FAILED' bench-work/bench.log
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

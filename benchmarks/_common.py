@@ -87,16 +87,28 @@ def ratios(num: Series, den: Series) -> list[float]:
     return [a / b for a, b in zip(num.values, den.values, strict=True)]
 
 
-def report_ratio(name: str, num: Series, den: Series, *, target: float, at_most: bool = True) -> bool:
+def report_ratio(name: str, num: Series, den: Series, *, target: float | None,
+                 at_most: bool = True) -> bool:
     """Print one ``target:`` line: the per-round ratios num/den (min / median / max), the ratio of
-    the medians, the target and whether the median per-round ratio meets it, and the load."""
+    the medians, the target and whether the median per-round ratio meets it (``None``: no ratio
+    target, the line is for information), and the load."""
     r = ratios(num, den)
     med = statistics.median(r)
-    met = med <= target if at_most else med >= target
-    loads = num.loads + den.loads
+    met = target is None or (med <= target if at_most else med >= target)
+    verdict = "no ratio target" if target is None else \
+        f"{'<=' if at_most else '>='} {target:g}: {'met' if met else 'NOT met'}"
     print(f"target: {name}: ratio {spread(r, '.2f')} (min / median / max of {len(r)} interleaved "
-          f"rounds; ratio of medians {num.median / den.median:.2f}) {'<=' if at_most else '>='} "
-          f"{target:g}: {'met' if met else 'NOT met'}; load {spread(loads, '.1f')}", flush=True)
+          f"rounds; ratio of medians {num.median / den.median:.2f}) {verdict}; "
+          f"load {spread(num.loads + den.loads, '.1f')}", flush=True)
+    return met
+
+
+def report_value(name: str, series: Series, *, below: float, unit: str = "s") -> bool:
+    """Print one ``target:`` line for an absolute target: min / median / max against ``below``."""
+    met = series.median < below
+    print(f"target: {name}: {spread(series.values, '.2f')} {unit} (min / median / max of "
+          f"{len(series.values)}) < {below:g} {unit}: {'met' if met else 'NOT met'}; "
+          f"load {spread(series.loads, '.1f')}", flush=True)
     return met
 
 

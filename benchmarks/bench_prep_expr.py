@@ -22,11 +22,12 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _common import Clock  # benchmarks/ is on sys.path when run as a script
+from _common import Clock, interleave, load, report_ratio, report_value  # benchmarks/ is on sys.path
 
 GENES, SAMPLES = 20_000, 1_100
 ROOT = Path(__file__).resolve().parent.parent / "bench-work" / "prep_expr"
@@ -132,20 +133,24 @@ def bench_gdc(n_files: int, n_genes: int, repeats: int) -> bool:
 
     work = ROOT / "work_gdc"
     cfg = PrepExprConfig(expression=folder, sample_sheet=sheet)
-    runs: dict[str, list[float]] = {"raw": [], "polars": [], "reader": [], "stage": []}
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
-    result = None
-    for _ in range(repeats):
-        for name, fn in (("raw", raw_bytes), ("polars", polars_value_column),
-                         ("reader", lambda: read_source(folder, "gdc", ReadOptions(sample_sheet=sheet))),
-                         ("stage", lambda: run_prep_expr(work, cfg, progress=False, overwrite=True))):
+    fns = {"raw": raw_bytes, "polars": polars_value_column,
+           "reader": lambda: read_source(folder, "gdc", ReadOptions(sample_sheet=sheet)),
+           "stage": lambda: run_prep_expr(work, cfg, progress=False, overwrite=True)}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    outs: dict[str, object] = {}
+
+    def case(name: str) -> Callable[[], float]:
+        def run() -> float:
+            shutil.rmtree(work, ignore_errors=True)
             with Clock() as c:
-                out = fn()
-            runs[name].append(c.wall)
+                outs[name] = fns[name]()
             cpu[name].append(c.cpu)
-            if name == "stage":
-                result = out
-        shutil.rmtree(work, ignore_errors=True)
+            return c.wall
+        return run
+
+    series = interleave({name: case(name) for name in fns}, repeats, warmup=0, verbose=False)
+    runs = {name: s.values for name, s in series.items()}
+    result = outs.get("stage")
     print(f"GDC folder: {len(files)} STAR-count files x {n_genes} genes ({size_gb:.2f} GB; "
           f"{'made in ' + format(made, '.0f') + ' s, ' if made > 1 else 'cached, '}page cache warm after "
           f"the first pass); {os.cpu_count()} CPUs, {workers} reader threads, load average "
@@ -155,8 +160,12 @@ def bench_gdc(n_files: int, n_genes: int, repeats: int) -> bool:
     print(f"  GDC reader (2 columns, checks, matrix)    {_spread(runs['reader'])}   "
           f"CPU median {statistics.median(cpu['reader']):.1f} s")
     print(f"  run_prep_expr (read, transform, write)    {_spread(runs['stage'])}   target < 30 s   "
-          f"[{result.counts['genes_out'] if result else '?'} genes kept]")
+          f"[{result.counts['genes_out'] if result else '?'} genes kept]; load {load():.1f}")
+    report_ratio("prep-expr GDC folder / polars value column (the parse floor)", series["stage"],
+                 series["polars"], target=None)
     scale = (1100 * 60660) / (len(files) * n_genes)
+    if scale <= 1.01:
+        report_value("prep-expr GDC folder, 1,100 files x 60,660 genes", series["stage"], below=30)
     if scale > 1.01:
         print(f"  (smaller than the 1,100 x 60,660 target: x{scale:.1f} scaled median "
               f"{statistics.median(runs['stage']) * scale:.1f} s, assuming linear cost)")

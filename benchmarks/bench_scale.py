@@ -7,9 +7,11 @@ factory, then runs each stage three ways, each as real `brcatool` processes on a
 - dask: `--dask local:2` (a LocalCluster of 2 single-threaded worker processes).
 Repeats are interleaved (serial, shards, dask, serial, ...) so a busy machine hurts every mode alike;
 prints min/median/max wall seconds, the 1-minute load average before each run, the speed-up of
-the median over serial, and the scheduler overhead per slide: (wall x 2 - sum of per-slide unit
-seconds) / slides, i.e. the time per slide a 2-way run spends on anything but a slide's own work
-(process and cluster start-up, scheduling, merging, idle workers at the end).
+the median over serial, and the scheduler overhead per slide: (wall x ways - the slides' own work)
+/ slides, the work being the per-slide seconds tile records (embed: the serial run's unit seconds),
+i.e. what a run spends per slide on anything else (process and cluster start-up, imports, model
+loading per worker, scheduling, merging, idle workers at the end). Serial runs use every core as
+usual; each process of the 2-way modes runs one thread (OMP_NUM_THREADS=1).
 
 Usage: python benchmarks/bench_scale.py [--slides 20] [--repeats 3] [--stages tile,embed]
 """
@@ -23,7 +25,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from _common import interleave  # benchmarks/ is on sys.path when run as a script
 
 BRCATOOL = [sys.executable, "-m", "brcatool"]
 MODES = ("serial", "shards", "dask")
@@ -85,7 +90,8 @@ def main() -> None:
     opts = ap.parse_args()
     root = opts.workdir.resolve()
     slides = make_cohort(root, opts.slides, opts.size)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes = 2 cores
+    # serial runs use every core as usual; each process of a 2-way mode runs one thread
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
     tiled = root / "tiled"  # embed's input, made once
     tile_args = [str(slides), "-n", str(opts.patches), "--patch-size", "224"]
     stages = [s for s in opts.stages.split(",") if s]
@@ -93,12 +99,11 @@ def main() -> None:
           f"repeats interleaved x{opts.repeats}")
     for stage in stages:
         if stage == "embed" and not (tiled / "patches.parquet").is_file():
-            _run(_commands("tile", "serial", [*tile_args, "-w", str(tiled)]), env)
-        times: dict[str, list[float]] = {m: [] for m in MODES}
-        loads: dict[str, list[float]] = {m: [] for m in MODES}
-        over: dict[str, list[float]] = {m: [] for m in MODES}
-        for _ in range(opts.repeats):
-            for mode in MODES:
+            _run(_commands("tile", "serial", [*tile_args, "-w", str(tiled)]), dict(os.environ))
+        work_s: dict[str, list[float]] = {m: [] for m in MODES}
+
+        def case(mode: str, stage: str = stage, work_s: dict = work_s) -> Callable[[], float]:
+            def run() -> float:
                 work = root / f"{stage}-{mode}"
                 shutil.rmtree(work, ignore_errors=True)
                 if stage == "tile":
@@ -107,19 +112,23 @@ def main() -> None:
                     shutil.copytree(tiled, work, ignore=shutil.ignore_patterns("features"))
                     args = ["-w", str(work), "--encoder", "resnet18", "--weights", "random",
                             "--device", "cpu", "--precision", "fp32", "--num-workers", "0"]
-                loads[mode].append(os.getloadavg()[0])
+                env = dict(os.environ) if mode == "serial" else one_thread
                 wall = _run(_commands(stage, mode, args), env)
-                times[mode].append(wall)
-                ways = 1 if mode == "serial" else 2
-                over[mode].append((wall * ways - unit_seconds(stage, work)) / opts.slides)
-        ref = statistics.median(times["serial"])
+                work_s[mode].append(unit_seconds(stage, work))
+                return wall
+            return run
+
+        res = interleave({mode: case(mode) for mode in MODES}, opts.repeats, warmup=0, verbose=False)
+        ref = res["serial"].median
+        # the slides' own work: tile records every slide's seconds in each mode; an embed shard's
+        # manifest holds only its own units, so embed counts the serial run's units as the work
+        work = {m: work_s[m] if stage == "tile" else work_s["serial"] for m in MODES}
+        over = {m: [(w * (1 if m == "serial" else 2) - u) / opts.slides
+                    for w, u in zip(res[m].values, work[m], strict=True)] for m in MODES}
         print(f"\n{stage}: wall seconds min / median / max, speed-up of the median, overhead per slide")
         for mode in MODES:
-            t = times[mode]
-            med = statistics.median(t)
-            print(f"  {mode:<7} {min(t):7.2f} / {med:7.2f} / {max(t):7.2f}   x{ref / med:4.2f}   "
-                  f"{statistics.median(over[mode]):6.3f} s/slide   load before: "
-                  f"{', '.join(f'{x:.1f}' for x in loads[mode])}")
+            print(f"  {res[mode].line()}   x{ref / res[mode].median:4.2f}   "
+                  f"{statistics.median(over[mode]):6.3f} s/slide")
 
 
 if __name__ == "__main__":

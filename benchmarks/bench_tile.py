@@ -177,8 +177,8 @@ def part_process(slides: list[Path], base: Path, repeats: int) -> None:
     coords_file.write_text(json.dumps(chosen(base / "ref", slides)))
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 
-    def run(cmd: list[str]) -> None:
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    def run(cmd: list[str]) -> None:  # cwd: not the repository, so PYTHONPATH picks the code measured
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, cwd=base)
 
     work = base / "proc"
     tile_cmd = [sys.executable, "-m", "brcatool", "tile", *map(str, slides), "--patches", str(PATCHES),
@@ -239,10 +239,15 @@ def main() -> None:
         return
     from _common import load
 
+    import brcatool
+
     base = args.workdir.resolve()
     slides = make_slides(base / "slides")
+    code = subprocess.run([sys.executable, "-c", "import brcatool; print(brcatool.__file__)"], cwd=base,
+                          capture_output=True, text=True, check=True).stdout.strip()
     print(f"bench_tile: {os.cpu_count()} CPUs, load average {load():.1f} at the start; "
-          f"slides: {', '.join(s.name for s in slides)}")
+          f"slides: {', '.join(s.name for s in slides)}; code: {Path(brcatool.__file__).parent} "
+          f"(subprocesses: {Path(code).parent})")
     parts = set(args.parts.split(","))
     if "1" in parts:
         part_per_slide(slides, base, args.repeats)

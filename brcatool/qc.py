@@ -105,5 +105,6 @@ class QcWriter:
             fut.result()
 
     def close(self) -> None:
-        """Stop the thread after its queued jobs (their failures are dropped: see ``flush``)."""
-        self._pool.shutdown(wait=True)
+        """Stop the thread: at once when everything was flushed (the unit holds its slide locks until
+        this returns), else after the running job, dropping queued ones (a unit that failed)."""
+        self._pool.shutdown(wait=bool(self._pending), cancel_futures=True)

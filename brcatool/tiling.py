@@ -11,6 +11,7 @@ slides.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
@@ -104,18 +105,20 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
     try:
         slide = None if cfg.no_pixels else slides.open_slide(entry.path)
         try:
-            def read(xy1: np.ndarray) -> np.ndarray:
-                return slides.read_patch(slide, int(xy1[0]), int(xy1[1]), plan)
+            def read_into(buf: np.ndarray, part: np.ndarray, k: int) -> None:
+                for i in range(k, len(part), READ_THREADS):  # reader k: every READ_THREADS-th patch
+                    buf[i] = slides.read_patch(slide, int(part[i, 0]), int(part[i, 1]), plan)
 
             def batches() -> Iterable[np.ndarray]:
                 # two buffers: one is filled while the writer still holds the other; openslide
-                # is thread-safe and decodes without the GIL, so a few threads read at once
+                # is thread-safe and decodes without the GIL, so a few threads read at once, each
+                # into the buffer (one task per thread and batch, not one per patch)
                 bufs = np.empty((2, stores.PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
+                ks = range(READ_THREADS)
                 with ThreadPoolExecutor(READ_THREADS) as readers:
                     for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
                         part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
-                        for i, patch in enumerate(readers.map(read, part)):
-                            buf[i] = patch
+                        list(readers.map(read_into, [buf] * len(ks), [part] * len(ks), ks))
                         yield buf[: len(part)]
 
             attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
@@ -260,6 +263,10 @@ class _Bar:
     """Rich progress with slides/s and patches/s; silent when disabled."""
 
     def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:  # (rich.progress is not even imported)
+            self.progress: Any = contextlib.nullcontext()
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
@@ -267,6 +274,8 @@ class _Bar:
                                  disable=not enabled)
 
     def phase(self, name: str, total: int) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda patches=0: None
         task = self.progress.add_task(name, total=total, rate="")
         t0, done = time.perf_counter(), [0, 0]
 
@@ -392,7 +401,7 @@ def _tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) ->
         n_pending = sum(len(patients[p]) for p in pending)
         return TileResult(**base, rows=[], n_patches=0, seconds=time.perf_counter() - t_start,
                           pending=n_pending)
-    if not cfg.no_pixels:  # (also when no slide gave patches)
+    if not cfg.no_pixels and not (wd.patches_zarr / "zarr.json").is_file():  # no slide gave patches
         artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
     with locks.locked(parts / "locks" / "merge.lock", wait=600):
         return _merge(wd, cfg, uniq, dup_rows, unrecorded, params, base, t_start)
