@@ -7,11 +7,12 @@ factory, then runs each stage three ways, each as real `brcatool` processes on a
 - dask: `--dask local:2` (a LocalCluster of 2 single-threaded worker processes).
 Repeats are interleaved (serial, shards, dask, serial, ...) so a busy machine hurts every mode alike;
 prints min/median/max wall seconds, the 1-minute load average before each run, the speed-up of
-the median over serial, and the scheduler overhead per slide: (wall x ways - the slides' own work)
-/ slides, the work being the per-slide seconds tile records (embed: the serial run's unit seconds),
-i.e. what a run spends per slide on anything else (process and cluster start-up, imports, model
-loading per worker, scheduling, merging, idle workers at the end). Serial runs use every core as
-usual; each process of the 2-way modes runs one thread (OMP_NUM_THREADS=1).
+the median over serial, and the scheduler overhead per slide: (wall x ways - the slides' own
+work) / slides, the work being the per-slide seconds tile records (embed: the seconds of the units
+the run executed; not known for embed shards, printed n/a), i.e. what a run spends per slide on
+anything else (process and cluster start-up, imports, model loading per worker, scheduling,
+merging, idle workers at the end). Serial runs use every core as usual; each process of the 2-way
+modes runs one thread (OMP_NUM_THREADS=1).
 
 Usage: python benchmarks/bench_scale.py [--slides 20] [--repeats 3] [--stages tile,embed]
 """
@@ -120,15 +121,14 @@ def main() -> None:
 
         res = interleave({mode: case(mode) for mode in MODES}, opts.repeats, warmup=0, verbose=False)
         ref = res["serial"].median
-        # the slides' own work: tile records every slide's seconds in each mode; an embed shard's
-        # manifest holds only its own units, so embed counts the serial run's units as the work
-        work = {m: work_s[m] if stage == "tile" else work_s["serial"] for m in MODES}
-        over = {m: [(w * (1 if m == "serial" else 2) - u) / opts.slides
-                    for w, u in zip(res[m].values, work[m], strict=True)] for m in MODES}
+        # the slides' own work, as the run recorded it (tile: every slide's seconds; embed: the
+        # seconds of the units this process ran, so not known for shards, whose last one merges)
         print(f"\n{stage}: wall seconds min / median / max, speed-up of the median, overhead per slide")
         for mode in MODES:
-            print(f"  {res[mode].line()}   x{ref / res[mode].median:4.2f}   "
-                  f"{statistics.median(over[mode]):6.3f} s/slide")
+            ways = 1 if mode == "serial" else 2
+            over = [(w * ways - u) / opts.slides for w, u in zip(res[mode].values, work_s[mode], strict=True)]
+            shown = "   n/a" if stage == "embed" and mode == "shards" else f"{statistics.median(over):6.3f}"
+            print(f"  {res[mode].line()}   x{ref / res[mode].median:4.2f}   {shown} s/slide")
 
 
 if __name__ == "__main__":
