@@ -428,6 +428,11 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
             shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
         for leftover in wd.patches_zarr.glob(".*.tmp-*"):  # of a process killed mid-slide
             shutil.rmtree(leftover, ignore_errors=True)
+    # every slide is finished: other temporaries a killed process left are debris too
+    for folder, finals in ((parts / "slides", None), (wd.qc_dir, None),
+                           (wd.slides_table.parent, (wd.slides_table.name, wd.patches_table.name)),
+                           (wd.stage_manifest("tile").parent, ("tile.json", "tile.yaml"))):
+        outputs.clean_debris(folder, finals)
     slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in out_rows],
                                        schema=arrow_schema(SLIDE_COLUMNS))
     patch_parts = [pq.ParquetFile(_part(parts, sid, ".patches.parquet")).read() for sid in with_patches]

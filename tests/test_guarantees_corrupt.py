@@ -175,3 +175,20 @@ def test_debris_of_a_killed_run_is_cleaned_by_the_next_one(tmp_path: Path, small
         assert not [p for p in store.iterdir() if ".tmp-" in p.name]
         assert not any(".tmp-" in m for m in zarr.open_group(str(store), mode="r").array_keys())
     assert np.asarray(stores.read_patches(wd, sid)[...]).shape[0] >= 1
+
+
+def test_tile_debris_outside_the_store_is_cleaned_too(tmp_path: Path, small_cohort) -> None:
+    from brcatool.tiling import TileConfig, run_tile
+
+    slides = sorted(small_cohort.slides_dir.glob("*.tif*"))[:2]
+    wd = Workdir(tmp_path / "wd")
+    cfg = TileConfig(slides=[str(s) for s in slides], patches=2, patch_size=32, mpp_fallback=0.5)
+    run_tile(wd, cfg, progress=False)
+    debris = [wd.root / ".patches.parquet.tmp-0badc0de", wd.root / ".slides.parquet.tmp-12345678",
+              wd.tile_parts / "slides" / ".x.json.tmp-abcdef01", wd.qc_dir / ".x.png.tmp-abcdef02",
+              wd.stage_manifest("tile").parent / ".tile.json.tmp-abcdef03"]
+    keep = wd.root / ".expression.parquet.tmp-abcdef04"  # another stage's: not tile's to remove
+    for p in [*debris, keep]:
+        p.write_bytes(b"half written")
+    run_tile(wd, cfg, progress=False)
+    assert not any(p.exists() for p in debris) and keep.exists()
