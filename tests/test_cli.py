@@ -159,6 +159,7 @@ STAGE_CONFIGS = {
     "evaluate": ("brcatool.evaluation", "EvaluateConfig"),
     "ablate": ("brcatool.ablation", "AblateConfig"),
     "import-features": ("brcatool.interop.importer", "ImportConfig"),
+    "report": ("brcatool.report", "ReportConfig"),
 }
 
 
@@ -193,6 +194,18 @@ def test_cli_defaults_equal_the_library_config_defaults(name):
         assert _default(param.default) == _default(lib), f"{name} --{param.name}"
         compared += 1
     assert compared >= 3
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_CONFIGS))
+def test_every_config_field_has_an_option(name):
+    """A stage's written config.yaml must feed back through ``--config``: every field is an option."""
+    import dataclasses
+    import importlib
+
+    module, cls = STAGE_CONFIGS[name]
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    options = {p.name for p in typer.main.get_command(app).commands[name].params}
+    assert not fields - options, f"{name}: config fields without a CLI option: {sorted(fields - options)}"
 
 
 def test_ablate_passes_every_training_setting_to_each_model():

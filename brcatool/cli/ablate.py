@@ -58,6 +58,7 @@ def ablate(
     name: Annotated[str, typer.Option("--name", help="Ablation name (folder under ablations/).")] = "default",
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", help="Patient-level bootstrap resamples for the 95 % CIs.")] = 1000,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the ablation bar chart.")] = True,
     run_plots: Annotated[bool, typer.Option(
         "--run-plots/--no-run-plots", help="Also write each model's evaluate figures.")] = True,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs per fold.",
@@ -67,6 +68,8 @@ def ablate(
     repeats: Annotated[int, typer.Option("--repeats", help="Repetitions of the split.",
                                          rich_help_panel=_TRAIN)] = 1,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.", rich_help_panel=_TRAIN)] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.",
+                                                rich_help_panel=_TRAIN)] = 1e-2,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patients per step.",
                                             rich_help_panel=_TRAIN)] = 32,
     patience: Annotated[int, typer.Option("--patience", help="Early-stopping patience.",
@@ -101,9 +104,10 @@ def ablate(
     cfg = AblateConfig(
         fusions=_names(fusions), aggregators=_names(aggregators), sanity=sanity, sanity_fusion=sanity_fusion,
         permutations=permutations,
-        name=name, encoder=encoder, folds=folds, repeats=repeats, epochs=epochs, lr=lr, batch_size=batch_size,
+        name=name, encoder=encoder, folds=folds, repeats=repeats, epochs=epochs, lr=lr,
+        weight_decay=weight_decay, batch_size=batch_size,
         patience=patience, hidden=hidden, dropout=dropout, heads=heads, missing=missing, threshold=threshold,
-        bootstrap=bootstrap, run_plots=run_plots, device=device, seed=seed, overwrite=overwrite,
+        bootstrap=bootstrap, plots=plots, run_plots=run_plots, device=device, seed=seed, overwrite=overwrite,
         pos_weight=pos_weight, optimizer=optimizer, bag_size=bag_size, split=split, site_column=site_column,
         slide_types=slide_types, keep_all_samples=keep_all_samples)
     apply_paper(cfg, ctx, paper)

@@ -34,6 +34,9 @@ def evaluate(
         "--bootstrap", help="Patient-level bootstrap resamples for the 95 % CI (0 = none).")] = 1000,
     top_k: Annotated[int, typer.Option(
         "--top-k", help="Highest-weighted patches per patient in the montage PNG (0 = none).")] = 8,
+    attention: Annotated[bool, typer.Option(
+        "--attention/--no-attention", help="Export per-patch weights: attention, or leave-one-patch-out "
+        "occlusion for models without attention (attention.parquet, its `method` column).")] = True,
     heatmaps: Annotated[bool, typer.Option(
         "--heatmaps", help="Draw patch weights on each slide's thumbnail.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG figures.")] = True,
@@ -51,6 +54,7 @@ def evaluate(
     from brcatool.evaluation import EvaluateConfig, run_evaluate
 
     cfg = EvaluateConfig(run=run, on=str(on) if on is not None else None, bootstrap=bootstrap, top_k=top_k,
+                         attention=attention,
                          heatmaps=heatmaps, plots=plots, geojson=geojson, device=device, seed=seed,
                          overwrite=overwrite)
     result = run_evaluate(workdir, cfg, progress=not quiet)
