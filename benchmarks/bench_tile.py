@@ -15,9 +15,11 @@ process also pays its imports (numpy, cv2, openslide). Rounds are interleaved (`
 2. whole processes: ``python -m brcatool tile <5 slides> --patches 35 --quiet`` vs the floor
    process on the same slides; target <= 1.3 x;
 3. ``tile --sampling all`` on a 20,480² slide vs serial ``read_region`` of the same coordinates
-   (converted to numpy); target: read rate >= 0.9 x raw.
+   (converted to numpy); target: read rate >= 0.9 x raw;
+4. where the time goes: wall ms per run of tile's phases on one slide, and the CPU ms per patch of
+   each step of ``--sampling all`` (read, RGBA -> RGB, Blosc encode, the store write).
 
-Usage: python benchmarks/bench_tile.py [--repeats 5] [--workdir bench-work/tile] [--parts 1,2,3]
+Usage: python benchmarks/bench_tile.py [--repeats 5] [--workdir bench-work/tile] [--parts 1,2,3,4]
        python benchmarks/bench_tile.py --floor COORDS.json   (the floor process itself)
 """
 
@@ -227,11 +229,88 @@ def part_all(slide: Path, base: Path, repeats: int) -> None:
                  res["tile --sampling all"], target=0.9, at_most=False)
 
 
+def part_phases(slide: Path, base: Path, repeats: int) -> None:
+    """Where a tile run's time goes (wall ms per run, functions wrapped with timers), and the CPU
+    cost per patch of each step of ``--sampling all`` next to the raw read."""
+    import functools
+    import statistics
+    from collections import defaultdict
+
+    import numcodecs
+    import numpy as np
+    import openslide
+    import polars as pl
+
+    import brcatool.tiling as tiling
+    from brcatool import artifacts, slides, stores
+    from brcatool.interop import geojson
+
+    spent: dict[str, list[float]] = defaultdict(list)
+    wrapped = [(tiling, "scan_slide"), (tiling, "extract_slide"), (tiling, "_merge"), (tiling, "_lock_all"),
+               (tiling, "tissue_mask"), (tiling, "write_json"), (stores, "write_patch_batches"),
+               (slides, "read_thumbnail"), (geojson, "write_tissue"), (artifacts, "open_group")]
+    saved = [(mod, name, getattr(mod, name)) for mod, name in wrapped]
+
+    def timer(name: str, fn):  # noqa: ANN001, ANN202
+        @functools.wraps(fn)
+        def run(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name].append(time.perf_counter() - t0)
+        return run
+
+    for mod, name, fn in saved:
+        setattr(mod, name, timer(f"{mod.__name__.rsplit('.', 1)[-1]}.{name}", fn))
+    try:
+        case = tile_case([slide], base / "phases", patches=PATCHES)
+        case()
+        spent.clear()
+        totals = [case() for _ in range(repeats)]
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+    print(f"\n4. where tile --patches 35 on {slide.name} spends its time: wall ms per run, mean of "
+          f"{repeats} (nested: scan_slide holds read_thumbnail, tissue_mask, write_tissue; "
+          f"extract_slide holds write_patch_batches; load {os.getloadavg()[0]:.1f})")
+    print(f"  {'run_tile':<34}{statistics.median(totals) * 1000:8.1f} (median)")
+    for name, values in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {name:<34}{sum(values) / repeats * 1000:8.1f}")
+
+    df = pl.read_parquet(base / "all" / "patches.parquet") if (base / "all").is_dir() else None
+    if df is None:
+        return
+    xy = df.select("x", "y").rows()[:256]
+    s = openslide.OpenSlide(str(slide))
+
+    def cpu(fn) -> float:  # noqa: ANN001 - CPU ms per patch
+        t0 = time.process_time()
+        fn()
+        return (time.process_time() - t0) / len(xy) * 1000
+
+    images, arrays = [], []
+    costs = {"read_region (PIL image)": cpu(lambda: images.extend(s.read_region((x, y), 0, (256, 256))
+                                                                   for x, y in xy)),
+             "np.asarray of it (raw pays it too)": cpu(lambda: arrays.extend(np.asarray(i) for i in images))}
+    rgbs: list = []
+    costs["to_rgb (RGBA -> RGB)"] = cpu(lambda: rgbs.extend(slides.to_rgb(a) for a in arrays))
+    codec = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)  # = stores' codec
+    costs["Blosc-LZ4 encode"] = cpu(lambda: [codec.encode(r) for r in rgbs])
+    wd = artifacts.Workdir(base / "phases-store")
+    shutil.rmtree(wd.root, ignore_errors=True)
+    costs["stores.write_patches (encode + zarr)"] = cpu(lambda: stores.write_patches(wd, "x", np.stack(rgbs)))
+    s.close()
+    print(f"  CPU ms per patch over {len(xy)} patches of {slide.name} (load {os.getloadavg()[0]:.1f}):")
+    for name, ms in costs.items():
+        print(f"  {name:<40}{ms:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path("bench-work/tile"))
-    ap.add_argument("--parts", default="1,2,3", help="which of the three comparisons to run")
+    ap.add_argument("--parts", default="1,2,3,4", help="which comparisons to run (4: where the time goes)")
     ap.add_argument("--floor", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.floor:
@@ -255,6 +334,8 @@ def main() -> None:
         part_process(slides, base, args.repeats)
     if "3" in parts:
         part_all(slides[0], base, max(3, args.repeats - 2))
+    if "4" in parts:
+        part_phases(slides[0], base, args.repeats)
     print(f"load average at the end: {load():.1f}")
 
 
