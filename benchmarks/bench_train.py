@@ -41,9 +41,10 @@ def raw_limits(root: Path) -> None:
     import torch
 
     from brcatool.cohort import load_cohort
+    from brcatool.devices import cpu_has_bf16
     from brcatool.models import ModelConfig, build_model
     from brcatool.training import Batcher, TrainConfig, is_big
-    from brcatool.training.batching import _cpu_bf16, _forward
+    from brcatool.training.batching import _forward
     from brcatool.training.stage import _threads
 
     with Clock() as c:
@@ -51,7 +52,7 @@ def raw_limits(root: Path) -> None:
     print(f"load cohort (features {cohort.features.nbytes / 2**20:.0f} MiB float16): {c}")
     cfg = TrainConfig()
     torch.set_num_threads(_threads(cohort, cfg, torch.get_num_threads()))
-    amp = is_big(cohort, cfg) and _cpu_bf16()  # what run_train does
+    amp = is_big(cohort, cfg) and cpu_has_bf16()  # what run_train does
     print(f"torch threads {torch.get_num_threads()}, bf16 autocast on CPU: {amp}")
     n_train = int(PATIENTS * 0.8 * (1 - cfg.val_frac))
     idx = np.arange(n_train)

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from brcatool.errors import InputError
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cuda`` without a GPU is an input error."""
+def torch_device(name: str) -> Any:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cpu``, ``cuda`` or ``cuda:N`` as given.
+
+    A CUDA device without a visible GPU, or a name torch does not know, is an input error.
+    """
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but no CUDA GPU is visible to torch",
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown --device {name!r}", fix="use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for but no CUDA GPU is visible to torch",
                          fix="use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
+    return dev
+
+
+def resolve_device(name: str) -> str:
+    """The device type (``cpu`` or ``cuda``) for stages that run on one default device (embed)."""
+    if name not in ("auto", "cpu", "cuda"):
         raise InputError(f"unknown device {name!r}", fix="use auto, cpu or cuda")
-    return name
+    return torch_device(name).type
 
 
 def cpu_has_bf16() -> bool:

@@ -294,4 +294,5 @@ class CrossAttentionFusion(FusionModel):
         _, w = self.image.agg(p_tok, m)
         bias = torch.where(m, torch.log(w.float().clamp_min(1e-12)), float("-inf")).to(p_tok.dtype)
         b, n = bias.shape
-        return bias[:, None, None, :].expand(b, self.heads, n_queries, n).reshape(b * self.heads, n_queries, n)
+        bias = bias[:, None, None, :].expand(b, self.heads, n_queries, n)
+        return bias.reshape(b * self.heads, n_queries, n)

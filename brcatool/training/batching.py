@@ -8,21 +8,7 @@ import numpy as np
 
 from brcatool.bags import RaggedBags
 from brcatool.cohort import Cohort
-from brcatool.errors import ArtifactError, InputError
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown --device {name!r}", fix="use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for but no CUDA GPU is available", fix="use --device cpu")
-    return dev
+from brcatool.errors import ArtifactError
 
 
 class Batcher:
@@ -123,16 +109,6 @@ def _forward(model: Any, b: dict[str, Any], device: Any, amp: bool) -> dict[str,
 
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         return model(b["expr"], b["feats"], b["mask"], b["has_expr"], b["has_img"])
-
-
-def _cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (else autocast would be slower, not faster)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _probs(logits: Any, n_classes: int) -> Any:

@@ -17,11 +17,10 @@ import numpy as np
 from brcatool import config
 from brcatool import metrics as M
 from brcatool.cohort import Cohort
+from brcatool.devices import cpu_has_bf16, torch_device
 from brcatool.errors import InputError
 from brcatool.training.batching import (
     Batcher,
-    _cpu_bf16,
-    _device,
     _forward,
     _probs,
     _run,
@@ -101,7 +100,7 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
     from brcatool.expression import Recipe
     from brcatool.models import FUSIONS, ModelConfig, build_model
 
-    device = device or _device(cfg.device)
+    device = device or torch_device(cfg.device)
     kind = FUSIONS.get(cfg.fusion)
     gene, image = kind.uses_gene, kind.uses_image
     seed = cfg.seed * 100_003 + repeat * 1_009 + fold
@@ -131,7 +130,7 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
     weights = class_weights(cfg, cohort.targets[inner_tr], C)
     crit = _criterion(weights, C, device)
     batcher = Batcher(cohort, expr, gene=gene, image=image, device=device, bag_size=cfg.bag_size)
-    if device.type == "cpu" and image and is_big(cohort, cfg) and _cpu_bf16():
+    if device.type == "cpu" and image and is_big(cohort, cfg) and cpu_has_bf16():
         batcher.amp = True  # ~1.5x faster steps where the patch projection dominates
     y_all = torch.from_numpy(cohort.targets)
     mod_drop = cfg.modality_dropout if cfg.missing == "mask" else 0.0

@@ -15,8 +15,9 @@ import numpy as np
 from brcatool import artifacts
 from brcatool.artifacts import Workdir
 from brcatool.cohort import Cohort, load_cohort
+from brcatool.devices import cpu_has_bf16
 from brcatool.errors import ArtifactError, InputError
-from brcatool.training.batching import Batcher, _cpu_bf16, correct_probs, eligible, infer
+from brcatool.training.batching import Batcher, correct_probs, eligible, infer
 
 
 @dataclass
@@ -83,7 +84,7 @@ class FoldModel:
         idx = np.flatnonzero(ok) if idx is None else np.asarray(idx)[ok[np.asarray(idx)]]
         batcher = Batcher(cohort, self.gene_inputs(cohort), gene=self.uses_gene, image=self.uses_image,
                           device=dev, bag_size=self.bag_size)
-        batcher.amp = dev.type == "cuda" or (self.bf16 and _cpu_bf16())  # as in training
+        batcher.amp = dev.type == "cuda" or (self.bf16 and cpu_has_bf16())  # as in training
         probs, att = infer(self.model, batcher, idx, len(self.classes), batch_size=batch_size)
         return idx, probs, att
 

@@ -16,9 +16,10 @@ from brcatool import artifacts, config, outputs
 from brcatool import metrics as M
 from brcatool.artifacts import Manifest, Workdir
 from brcatool.cohort import Cohort, load_cohort
+from brcatool.devices import torch_device
 from brcatool.errors import ArtifactError
 from brcatool.splits import Splits, check_folds, get_splits, load_splits, save_splits, splits_path
-from brcatool.training.batching import _device, eligible, oof_probs
+from brcatool.training.batching import eligible, oof_probs
 from brcatool.training.fold import FoldOutput, is_big, train_fold
 from brcatool.training.settings import TrainConfig
 
@@ -187,7 +188,7 @@ def oof_only(cohort: Cohort, splits: Splits, cfg: TrainConfig, *, progress: bool
     threads = torch.get_num_threads()
     torch.set_num_threads(_threads(kind_cohort, cfg, threads))
     try:
-        outs = _cross_validate(kind_cohort, splits, ok, cfg, cfg.name or cfg.fusion, _device(cfg.device),
+        outs = _cross_validate(kind_cohort, splits, ok, cfg, cfg.name or cfg.fusion, torch_device(cfg.device),
                                progress)
     finally:
         torch.set_num_threads(threads)
@@ -238,7 +239,7 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     cfg.validate()
     kind = FUSIONS.get(cfg.fusion)
-    device = _device(cfg.device)
+    device = torch_device(cfg.device)
     name = cfg.name or _default_name(cfg, wd)
     run_dir = wd.run_dir(name)
     params = cfg.params()
