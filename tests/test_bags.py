@@ -89,10 +89,14 @@ def test_drawn_bag_reads_the_same_patches(tmp_path: Path) -> None:
     cpu = torch.device("cpu")
     batchers = [Batcher(load_cohort(wd, ragged=r), None, gene=False, image=True, device=cpu, bag_size=5)
                 for r in (False, True)]
-    for gen in (None, 7):  # inference (the first K) and a training draw (random K, random views)
-        out = [bt.batch(idx, generator=None if gen is None else torch.Generator().manual_seed(gen),
-                        patch_dropout=0.3) for bt in batchers]
+    for gen in (7, 8):  # training draws (random K, random views)
+        out = [bt.batch(idx, generator=torch.Generator().manual_seed(gen), patch_dropout=0.3)
+               for bt in batchers]
         d, r = out
         assert r["feats"].shape[1] == 5 < d["feats"].shape[1]  # only the drawn patches are read
         for i in idx:
             assert torch.equal(d["feats"][i][d["mask"][i]], r["feats"][i][r["mask"][i]])
+    d, r = (bt.batch(idx) for bt in batchers)  # inference: every patch, whatever --bag-size says
+    n_valid = int(load_cohort(wd).mask.sum())
+    assert r["feats"].shape[1] == d["feats"].shape[1] > 5 and int(r["mask"].sum()) == n_valid
+    assert torch.equal(d["feats"][d["mask"]], r["feats"][r["mask"]])

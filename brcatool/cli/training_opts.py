@@ -13,8 +13,8 @@ PosWeightOpt = Annotated[str, typer.Option(
     "number. Brier and calibration use probabilities with the weighting undone.", rich_help_panel=PANEL)]
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adamw | adam.", rich_help_panel=PANEL)]
 BagSizeOpt = Annotated[int, typer.Option(
-    "--bag-size", help="At most this many patches per patient (a random draw per training step; the first "
-    "ones when predicting); 0 = all.", rich_help_panel=PANEL)]
+    "--bag-size", help="Patches drawn at random per patient for each training step (attention-MIL "
+    "practice; prediction always uses every patch); 0 = all.", rich_help_panel=PANEL)]
 SplitOpt = Annotated[str, typer.Option(
     "--split", help="patient (stratified K-fold) | site (no TCGA tissue-source site in both training and "
     "validation; splits-site.json).", rich_help_panel=PANEL)]

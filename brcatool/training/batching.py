@@ -19,7 +19,7 @@ class Batcher:
         import torch
 
         self.device = device
-        self.bag_size = int(bag_size)  # > 0: at most this many patches per patient
+        self.bag_size = int(bag_size)  # > 0: patches drawn per patient per training step (inference: all)
         self.amp = device.type == "cuda"  # bf16 autocast; train_fold also turns it on for big CPU work
         self.gene, self.image = gene, image
         self.has_expr = torch.from_numpy(cohort.has_expr)
@@ -51,7 +51,8 @@ class Batcher:
             n = max(int(mask.sum(1).max()), 1)  # patches are left-aligned: trim the padding
             mask = mask[:, :n].clone()
             b = len(idx)
-            if self.bag_size and n > self.bag_size:
+            draw = generator is not None and self.bag_size and n > self.bag_size
+            if draw:
                 mask = self._bag(mask, generator)
             if generator is not None and self.views > 1:
                 view = torch.randint(self.views, (b, n), generator=generator)
@@ -60,7 +61,7 @@ class Batcher:
             pos = torch.arange(n)[None, :].expand(b, n)
             cols = None
             if self.bags is not None:
-                if self.bag_size and n > self.bag_size:  # read only the drawn patches
+                if draw:  # read only the drawn patches
                     keep = int(mask.sum(1).max())
                     cols = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :keep]
                     mask, view, pos = mask.gather(1, cols), view.gather(1, cols), cols
@@ -90,17 +91,15 @@ class Batcher:
 
 
     def _bag(self, mask: Any, generator: Any) -> Any:
-        """Keep ``bag_size`` valid patches per patient: a random draw per step when training (with a
-        generator), else the first ones (the tile stage's patch order is already a random sample)."""
+        """Keep a random ``bag_size`` of each patient's valid patches for one training step.
+
+        Inference (no generator) sees every patch, the usual practice for attention MIL."""
         import torch
 
-        if generator is None:
-            rank = torch.cumsum(mask.long(), dim=1)
-        else:
-            noise = torch.rand(mask.shape, generator=generator)
-            order = torch.argsort(torch.where(mask, noise, torch.full_like(noise, 2.0)), dim=1)
-            rank = torch.empty_like(order)
-            rank.scatter_(1, order, torch.arange(1, mask.shape[1] + 1).expand_as(order).contiguous())
+        noise = torch.rand(mask.shape, generator=generator)
+        order = torch.argsort(torch.where(mask, noise, torch.full_like(noise, 2.0)), dim=1)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(1, mask.shape[1] + 1).expand_as(order).contiguous())
         return mask & (rank <= self.bag_size)
 
 

@@ -39,7 +39,7 @@ class TrainSettings:
     threshold: str = "0.5"
     pos_weight: str = "auto"
     optimizer: str = "adamw"
-    bag_size: int = 0  # > 0: at most this many patches per patient (a random draw per training step)
+    bag_size: int = 0  # > 0: patches drawn per patient per training step (prediction uses every patch)
     split: str = "patient"  # or "site": no tissue-source site in both training and validation
     site_column: str | None = None  # --split site on a non-TCGA cohort: a column of the clinical table
     slide_types: str = "DX,TS,BS"
