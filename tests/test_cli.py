@@ -235,3 +235,22 @@ def test_importing_the_package_and_cli_stays_light():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_cli_runs_without_plain_click():
+    """A core install has no `click` when typer vendors it (typer >= 0.2x); the CLI must not need it.
+
+    (The dev extras pull click in through dask and huggingface-hub, which hid this from every other test.)
+    """
+    import subprocess
+    import sys
+
+    block = "import sys; sys.modules['click'] = None; "
+    if subprocess.run([sys.executable, "-c", block + "import typer"], capture_output=True).returncode:
+        pytest.skip("this typer itself needs click")
+    code = block + ("from typer.testing import CliRunner; from brcatool.cli.app import app; "
+                    "r = CliRunner().invoke(app, ['train', '--epochs', 'x']); "
+                    "print(r.exit_code, 'Traceback' in r.output, 'internal error' in r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split() == ["2", "False", "False"]  # a usage error, reported by typer itself

@@ -11,7 +11,6 @@ from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 
@@ -22,6 +21,12 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: Exceptions typer itself turns into an exit code and message: exits, aborts and usage errors. Newer typer
+#: vendors click (typer._click) and plain ``click`` may not be installed, so take its classes from typer.
+_CLI_EXITS = (typer.Exit, typer.Abort,
+              next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -54,8 +59,8 @@ def report_errors(fn: F) -> F:
         except KeyboardInterrupt:
             raise fail("interrupted; finished outputs are kept, re-run the same command to resume",
                        code=130) from None
-        except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
-            raise  # typer.Exit and usage errors: click reports them itself
+        except _CLI_EXITS:
+            raise  # typer.Exit and usage errors: typer reports them itself
         except Exception as exc:  # a bug: still one line (BRCATOOL_DEBUG=1 shows the traceback)
             if os.environ.get("BRCATOOL_DEBUG"):
                 raise
@@ -87,6 +92,8 @@ def _is_plain_str_option(param: Any) -> bool:
 def _is_number_option(param: Any) -> bool:
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     if annotation is None:  # an older typer: a click parameter type
+        import click
+
         return isinstance(getattr(param, "type", None),
                           (click.types.IntParamType, click.types.FloatParamType))
     return bool({annotation, *typing.get_args(annotation)} & {int, float})
