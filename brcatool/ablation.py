@@ -80,7 +80,7 @@ class AblateConfig(TrainSettings):
 
     def params(self) -> dict[str, Any]:
         d = config.to_dict(self)
-        for k in ("name", "device", "overwrite"):
+        for k in ("name", "device", "overwrite", "dask"):  # where it runs does not change the result
             d.pop(k)
         return d
 

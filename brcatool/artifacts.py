@@ -154,6 +154,10 @@ class Workdir:
     def run_dir(self, name: str) -> Path:
         return self.at(self.runs_dir / check_name(name, what="run name"))
 
+    def train_parts(self, name: str) -> Path:
+        """Per-fold records of run ``name`` while its folds run as separate units (``--dask``)."""
+        return self.at(self.root / ".train-parts" / check_name(name, what="run name"))
+
     @property
     def ablations_dir(self) -> Path:
         return self.root / "ablations"

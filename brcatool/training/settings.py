@@ -45,6 +45,7 @@ class TrainSettings:
     slide_types: str = "DX,TS,BS"
     keep_all_samples: bool = False  # else only primary-tumour (01) slides join a patient's bag
     device: str = "auto"
+    dask: str | None = None  # run the fold fits as Dask tasks: a scheduler address or "local:N"
     seed: int = 0
     overwrite: bool = False
 
@@ -144,7 +145,7 @@ class TrainConfig(TrainSettings):
     def params(self) -> dict[str, Any]:
         """What decides the result (compared on re-runs): not the name, device or --overwrite."""
         d = config.to_dict(self)
-        for k in ("name", "device", "overwrite"):
+        for k in ("name", "device", "overwrite", "dask"):  # where it runs does not change the result
             d.pop(k)
         return d
 

@@ -22,6 +22,15 @@ from brcatool.splits import Splits, check_folds, get_splits, load_splits, save_s
 from brcatool.training.batching import eligible, oof_probs
 from brcatool.training.fold import FoldOutput, is_big, train_fold
 from brcatool.training.settings import TrainConfig
+from brcatool.training.units import (
+    CohortSource,
+    FitJob,
+    collect,
+    fold_dirname,
+    fold_indices,
+    plan_fits,
+    run_fits,
+)
 
 
 @dataclass
@@ -46,12 +55,6 @@ class TrainResult:
                        for k in M.METRIC_NAMES)
         return (f"{self.name}: {fmt} ({self.folds} folds x {self.repeats}, {self.n_patients} patients, "
                 f"{self.seconds:.1f} s) -> {self.run_dir}")
-
-
-
-def fold_dirname(repeat: int, fold: int, repeats: int = 1) -> str:
-    """``fold_<k>``; with several repeats ``repeat_<r>_fold_<k>``."""
-    return f"fold_{fold}" if repeats == 1 else f"repeat_{repeat}_fold_{fold}"
 
 
 
@@ -158,12 +161,7 @@ def _cross_validate(cohort: Cohort, splits: Splits, ok: np.ndarray, cfg: TrainCo
 
         for r in range(splits.repeats):
             for k in range(splits.folds):
-                tr, va = splits.indices(r, k)
-                tr, va = tr[ok[tr]], va[ok[va]]
-                if len(va) == 0 or len(np.unique(cohort.targets[tr])) < 2:
-                    raise ArtifactError(f"fold {k} (repeat {r}) has no usable patients after dropping "
-                                        "missing modalities", path=splits.path,
-                                        fix="use fewer --folds or --missing mask")
+                tr, va = fold_indices(cohort, splits, ok, r, k)
                 bar.reset(ep_task, total=cfg.epochs, description=f"  fold {k} epochs")
                 out = train_fold(cohort, tr, va, cfg, repeat=r, fold=k, device=device, on_epoch=on_epoch)
                 outs.append(out)
@@ -177,13 +175,52 @@ def _cross_validate(cohort: Cohort, splits: Splits, ok: np.ndarray, cfg: TrainCo
     return outs
 
 
-def oof_only(cohort: Cohort, splits: Splits, cfg: TrainConfig, *, progress: bool = False) -> Any:
+def _fit_units(wd: Workdir, name: str, cfg: TrainConfig, cohort: Cohort, splits: Splits,
+               source: CohortSource | None, threads: int, progress: bool) -> list[FoldOutput]:
+    """``--dask``: every fold a task (``training.units``); the records read back in fold order."""
+    jobs = plan_fits(wd, name, cfg, cohort, splits, source, threads)
+    with _progress(progress) as bar:
+        task = bar.add_task(f"{name}: folds (dask {cfg.dask})", total=len(jobs), info="")
+        run_fits(jobs, str(cfg.dask), on_done=lambda _job: bar.advance(task))
+    return collect(jobs)
+
+
+def _resolve_splits(wd: Workdir, cfg: TrainConfig, cohort: Cohort, ok: np.ndarray) -> tuple[Splits, bool]:
+    """The saved split for this cohort, or a new one left unsaved (saved once the run succeeded)."""
+    check_folds(cohort, cfg.folds, ok, why=f" with the modalities {cfg.fusion!r} needs")
+    return get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed, save=False,
+                      by=cfg.split, site_column=cfg.site_column)
+
+
+def fold_jobs(workdir: Path | Workdir, cfg: TrainConfig, cohort: Cohort, *, splits: Splits | None = None,
+              source: CohortSource | None = None) -> list[FitJob]:
+    """The Dask units ``run_train(cfg)`` (or ``oof_only``) runs for ``cohort``: ablate submits every
+    model's at once, and the runs then find the finished records."""
+    import torch
+
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    cohort = cohort.restrict(gene=_uses(cfg)[0], image=_uses(cfg)[1])
+    if splits is None:
+        splits, _ = _resolve_splits(wd, cfg, cohort, eligible(cohort, cfg.fusion, cfg.missing))
+    return plan_fits(wd, str(cfg.name), cfg, cohort, splits, source,
+                     _threads(cohort, cfg, torch.get_num_threads()))
+
+
+def oof_only(cohort: Cohort, splits: Splits, cfg: TrainConfig, *, progress: bool = False,
+             workdir: Path | Workdir | None = None, source: CohortSource | None = None) -> Any:
     """Cross-validate on ``cohort`` and return the oof table alone: nothing is written (ablate's
-    label-permutation null trains many such models)."""
+    label-permutation null trains many such models). With ``cfg.dask`` (and ``workdir``, for the
+    fold records, removed afterwards) the folds run as Dask tasks."""
     import torch
 
     cfg.validate()
     kind_cohort = cohort.restrict(gene=_uses(cfg)[0], image=_uses(cfg)[1])
+    if cfg.dask and workdir is not None and cfg.name:
+        wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        outs = _fit_units(wd, cfg.name, cfg, kind_cohort, splits, source,
+                          _threads(kind_cohort, cfg, torch.get_num_threads()), progress)
+        artifacts.remove(wd.train_parts(cfg.name))
+        return _oof_table(kind_cohort, outs)
     ok = eligible(kind_cohort, cfg.fusion, cfg.missing)
     threads = torch.get_num_threads()
     torch.set_num_threads(_threads(kind_cohort, cfg, threads))
@@ -225,11 +262,14 @@ def is_finished(workdir: Path | Workdir, cfg: TrainConfig) -> bool:
 
 
 def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = True,
-              cohort: Cohort | None = None, splits: Splits | None = None) -> TrainResult:
+              cohort: Cohort | None = None, splits: Splits | None = None,
+              source: CohortSource | None = None) -> TrainResult:
     """Cross-validate one model and write ``runs/<name>/``.
 
     ``cohort``/``splits`` let callers (ablate's sanity checks) pass a modified cohort, e.g. with
     permuted labels, together with the saved split; normally both are loaded from the workdir.
+    With ``cfg.dask`` the folds run as Dask tasks; ``source`` says how a worker rebuilds a given
+    ``cohort`` from the workdir (without it, a given cohort travels with every task).
     """
     import polars as pl
 
@@ -247,17 +287,15 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
         return load_result(run_dir, skipped=True)
 
     if cohort is None:
+        source = CohortSource.of(wd, cfg, images=kind.uses_image, expression=kind.uses_gene)
         cohort = load_cohort(wd, encoder=cfg.encoder, images=kind.uses_image,
                              expression=kind.uses_gene, progress=progress, **cfg.slide_filter())
     else:  # e.g. ablate's one cohort with both modalities: keep what this fusion uses
         cohort = cohort.restrict(gene=kind.uses_gene, image=kind.uses_image)
     created = False
     ok = eligible(cohort, cfg.fusion, cfg.missing)
-    if splits is None:
-        check_folds(cohort, cfg.folds, ok, why=f" with the modalities {cfg.fusion!r} needs")
-        # a new split is saved only once this run succeeded: a failed first run leaves none behind
-        splits, created = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
-                                     save=False, by=cfg.split, site_column=cfg.site_column)
+    if splits is None:  # a new split is saved only once this run succeeded: a failed first run leaves none
+        splits, created = _resolve_splits(wd, cfg, cohort, ok)
     elif splits.patient_ids != cohort.patient_ids:
         raise ArtifactError("the split and the cohort list different patients", path=splits.path)
     if ok.sum() < 2 * splits.folds:
@@ -267,11 +305,14 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(_threads(cohort, cfg, threads))
-    try:
-        outs = _cross_validate(cohort, splits, ok, cfg, name, device, progress)
-    finally:
-        torch.set_num_threads(threads)
+    if cfg.dask:
+        outs = _fit_units(wd, name, cfg, cohort, splits, source, _threads(cohort, cfg, threads), progress)
+    else:
+        torch.set_num_threads(_threads(cohort, cfg, threads))
+        try:
+            outs = _cross_validate(cohort, splits, ok, cfg, name, device, progress)
+        finally:
+            torch.set_num_threads(threads)
 
     if created:  # a run started alongside may have saved one meanwhile: both must then agree
         path = splits_path(wd, cfg.split)
@@ -323,6 +364,7 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
                        device=str(device), seconds=round(seconds, 2), consumed=used,
                        slides_left_out=dict(cohort.left_out),
                        fingerprint=outputs.output_fingerprint(name, files=[tmp / "oof.parquet"]))
+    artifacts.remove(wd.train_parts(name))  # the fold records of a --dask run, now in the run
     return TrainResult(name=name, run_dir=run_dir, task=cohort.task, classes=list(cohort.classes),
                        n_patients=int(oof["patient_id"].n_unique()), folds=splits.folds,
                        repeats=splits.repeats, metrics=mets["pooled"], per_fold=mets["per_fold"],
