@@ -78,49 +78,13 @@ def per_fold_diffs(mine: list[dict[str, Any]], ref: list[dict[str, Any]], metric
                      if (f["repeat"], f["fold"]) in theirs], dtype=np.float64)
 
 
-def _aligned(oof: Any, patients: list[str], classes: list[str]) -> list[tuple[np.ndarray, ...]]:
-    """Per repeat: (patient positions, y, probs, pred, calibrated) in ``patients`` order."""
-    import polars as pl
-
-    from brcatool.training import calibration_probs, oof_probs
-
-    pos = {p: i for i, p in enumerate(patients)}
-    out = []
-    for _, part in sorted(oof.group_by("repeat"), key=lambda g: g[0]):
-        part = part.with_columns(pl.col("patient_id").cast(pl.String))
-        idx = np.array([pos[p] for p in part["patient_id"].to_list()], dtype=np.int64)
-        out.append((idx, part["target"].to_numpy(), oof_probs(part, classes), part["pred"].to_numpy(),
-                    calibration_probs(part, classes)))
-    return out
-
-
 def paired_bootstrap(model_oof: Any, ref_oof: Any, patients: list[str], classes: list[str], *,
                      n_boot: int, seed: int, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
     """Percentile CI of pooled(model) - pooled(reference) under the same patient resamples."""
-    n = len(patients)
-    if n == 0 or n_boot < 1:
-        return {k: (math.nan, math.nan) for k in M.EVAL_METRIC_NAMES}
-    a, b = _aligned(model_oof, patients, classes), _aligned(ref_oof, patients, classes)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[np.ndarray]] = {k: [] for k in M.EVAL_METRIC_NAMES}
-    for start in range(0, int(n_boot), 256):
-        size = min(256, int(n_boot) - start)
-        w = np.stack([np.bincount(p, minlength=n) for p in rng.integers(n, size=(size, n))]).astype(float)
-        diff = {k: np.zeros(size) for k in M.EVAL_METRIC_NAMES}
-        for side, sign in ((a, 1.0), (b, -1.0)):
-            for idx, y, probs, pred, cal in side:  # mean over repeats, as the pooled value
-                got = M.weighted_metrics(y, probs, pred, w[:, idx], calibrated=cal)
-                for k in diff:
-                    diff[k] += sign * got[k] / len(side)
-        for k, v in diff.items():
-            draws[k].append(v)
-    out = {}
-    for k, parts in draws.items():
-        v = np.concatenate(parts)
-        v = v[np.isfinite(v)]
-        out[k] = ((float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))) if v.size
-                  else (math.nan, math.nan))
-    return out
+    from brcatool.evaluation import repeat_parts
+
+    sides = [(1.0, repeat_parts(model_oof, patients, classes)), (-1.0, repeat_parts(ref_oof, patients, classes))]
+    return M.resampled_pooled(sides, len(patients), n_boot=n_boot, seed=seed, alpha=alpha)
 
 
 def paired(mine: Scores, ref: Scores, model_oof: Any, ref_oof: Any, patients: list[str],

@@ -197,13 +197,31 @@ def pooled_metrics(oof: Any, classes: list[str]) -> dict[str, float]:
             for k in M.EVAL_METRIC_NAMES}
 
 
-def oof_ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
-    """Patient-level bootstrap 95 % CI of every metric of an oof table."""
+def repeat_parts(oof: Any, patients: list[str], classes: list[str]) -> list[tuple[np.ndarray, ...]]:
+    """Per repeat of an oof table (one part without a ``repeat`` column): (positions of its rows in
+    ``patients``, y, probs, pred, calibrated) -- the input of ``metrics.resampled_pooled``."""
+    import polars as pl
+
     from brcatool.training import calibration_probs, oof_probs
 
-    return M.bootstrap_ci(table["target"].to_numpy(), oof_probs(table, classes),
-                          pred=table["pred"].to_numpy(), groups=np.asarray(table["patient_id"].to_list()),
-                          n_boot=n_boot, seed=seed, calibrated=calibration_probs(table, classes))
+    pos = {p: i for i, p in enumerate(patients)}
+    groups = (sorted(oof.group_by("repeat"), key=lambda g: g[0]) if "repeat" in oof.columns
+              else [((0,), oof)])
+    out = []
+    for _, part in groups:
+        part = part.with_columns(pl.col("patient_id").cast(pl.String))
+        idx = np.array([pos[p] for p in part["patient_id"].to_list()], dtype=np.int64)
+        out.append((idx, part["target"].to_numpy(), oof_probs(part, classes), part["pred"].to_numpy(),
+                    calibration_probs(part, classes)))
+    return out
+
+
+def oof_ci(table: Any, classes: list[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    """Patient-level bootstrap 95 % CI of every pooled metric of an oof table: the same patient
+    weights for every repeat, then the mean over repeats (the estimator ``pooled_metrics`` uses)."""
+    patients = sorted(set(table["patient_id"].cast(str).to_list()))
+    return M.resampled_pooled([(1.0, repeat_parts(table, patients, classes))], len(patients),
+                              n_boot=n_boot, seed=seed)
 
 
 def _curves(table: Any, classes: list[str], out: Path, label: str) -> list[Path]:

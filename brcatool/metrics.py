@@ -176,7 +176,8 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, *, pred: np.ndarray | None = 
     ``groups`` (e.g. patient ids) keeps a patient's rows together (several repeats or slides);
     default: one row per patient. A resample = integer weights per patient (how often it was
     drawn), scored by ``weighted_metrics`` for all resamples at once (sklearn per resample costs
-    ~0.1 s). Resamples where a metric is undefined are left out of its CI.
+    ~0.1 s). Resamples where a metric is undefined are left out of its CI. Rows of several repeats:
+    ``resampled_pooled`` (this stacks them into one metric).
     """
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -188,21 +189,42 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, *, pred: np.ndarray | None = 
         return {k: (math.nan, math.nan) for k in EVAL_METRIC_NAMES}
     _, inverse = np.unique(np.asarray(groups if groups is not None else np.arange(len(y))),
                            return_inverse=True)
-    n_groups = int(inverse.max()) + 1
+    return resampled_pooled([(1.0, [(inverse, y, probs, pred, calibrated)])], int(inverse.max()) + 1,
+                            n_boot=n_boot, seed=seed, alpha=alpha)
+
+
+def resampled_pooled(sides: Sequence[tuple[float, Sequence[tuple[np.ndarray, ...]]]], n: int, *,
+                     n_boot: int, seed: int, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile CI of ``sum(sign * pooled(side))`` under patient resamples, the estimator of the
+    pooled value itself: a pooled metric is the mean over repeats of the metric of each repeat's rows.
+
+    ``sides``: (sign, parts), parts = per repeat (patient positions in 0..n-1, y, probs, pred,
+    calibrated). One set of patient weights per resample is applied to every repeat (and every side:
+    a paired difference), then each side's metrics are averaged over repeats (NaN repeats skipped).
+    """
+    if n == 0 or n_boot < 1:
+        return {k: (math.nan, math.nan) for k in EVAL_METRIC_NAMES}
     rng = np.random.default_rng(seed)
-    out: dict[str, tuple[float, float]] = {}
     draws: dict[str, list[np.ndarray]] = {k: [] for k in EVAL_METRIC_NAMES}
     for start in range(0, int(n_boot), 256):  # chunks bound the (B, n) weight matrix
-        b = min(256, int(n_boot) - start)
-        picks = rng.integers(n_groups, size=(b, n_groups))
-        w_groups = np.stack([np.bincount(p, minlength=n_groups) for p in picks]).astype(np.float64)
-        for k, v in weighted_metrics(y, probs, pred, w_groups[:, inverse], calibrated=calibrated).items():
+        size = min(256, int(n_boot) - start)
+        w = np.stack([np.bincount(p, minlength=n) for p in rng.integers(n, size=(size, n))]).astype(float)
+        total = {k: np.zeros(size) for k in EVAL_METRIC_NAMES}
+        for sign, parts in sides:
+            got = [weighted_metrics(y, probs, pred, w[:, idx], calibrated=cal)
+                   for idx, y, probs, pred, cal in parts]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a resample where every repeat is undefined stays NaN
+                for k in total:
+                    total[k] = total[k] + sign * np.nanmean(np.stack([g[k] for g in got]), axis=0)
+        for k, v in total.items():
             draws[k].append(v)
-    for k, parts in draws.items():
-        v = np.concatenate(parts)
+    out: dict[str, tuple[float, float]] = {}
+    for k, parts_k in draws.items():
+        v = np.concatenate(parts_k)
         v = v[np.isfinite(v)]
-        out[k] = ((float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2)))
-                  if v.size else (math.nan, math.nan))
+        out[k] = ((float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))) if v.size
+                  else (math.nan, math.nan))
     return out
 
 
