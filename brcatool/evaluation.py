@@ -404,15 +404,17 @@ def _evaluate_external(other: Workdir, run_dir: Path, out_dir: Path, info: dict[
     table = preds.table
     if table.height == 0:
         raise ArtifactError("has no patients with the modalities the run's models need", path=other.root)
-    from brcatool.training import oof_probs
+    from brcatool.training import calibration_probs, correct_probs, oof_probs
 
+    # Brier on the probabilities with the loss's class weighting undone, as the CI and the oof metrics
     pooled = M.eval_metrics(table["target"].to_numpy(), oof_probs(table, classes),
-                            pred=table["pred"].to_numpy())
+                            pred=table["pred"].to_numpy(), calibrated=calibration_probs(table, classes))
     per_fold = []
     for path in fold_model_paths(run_dir):  # each fold model alone on the external cohort
         fm = load_fold_model(path, device=cfg.device)
         idx, probs, _ = fm.predict(preds.cohort, device=cfg.device)
-        m = M.eval_metrics(preds.cohort.targets[idx], probs, threshold=fm.threshold)
+        m = M.eval_metrics(preds.cohort.targets[idx], probs, threshold=fm.threshold,
+                           calibrated=correct_probs(probs, fm.class_log_weight or np.zeros(len(classes))))
         per_fold.append({"repeat": fm.repeat, "fold": fm.fold, "n": len(idx), **m})
     mean, sd = summarise(per_fold)
     res = EvaluateResult(run=run_dir.name, run_dir=run_dir, out_dir=out_dir,

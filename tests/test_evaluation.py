@@ -158,12 +158,24 @@ def test_external_cohort_end_to_end(prepared, tmp_path: Path) -> None:
                        atol=1e-4)
     assert res.montages == 0 and any("patches.zarr" in n for n in res.notes)  # no patch store: skipped
     assert artifacts.read_json(res.out_dir / "metrics.json")["n_patients"] == 20
+    # --pos-weight auto: Brier (value and CI alike) describes the probabilities with the weighting undone
+    from brcatool.cohort import load_cohort
+    from brcatool.training import correct_probs, fold_model_paths, load_fold_model
+
+    fms = [load_fold_model(q) for q in fold_model_paths(prepared.workdir.run_dir("xattn"))]
+    assert all(np.any(fm.class_log_weight) for fm in fms)  # the weighting is really there
+    cal = preds["cal_prob"].to_numpy()
+    assert not np.allclose(cal, p)
+    assert res.pooled["brier"] == pytest.approx(skm.brier_score_loss(y, cal))
+    assert res.ci["brier"][0] <= res.pooled["brier"] <= res.ci["brier"][1]
+    for fm, f in zip(fms, res.per_fold, strict=True):
+        idx, probs, _ = fm.predict(load_cohort(other.workdir), device="cpu")
+        fixed = correct_probs(probs, fm.class_log_weight)[:, 1]
+        assert f["brier"] == pytest.approx(skm.brier_score_loss(load_cohort(other.workdir).targets[idx], fixed))
     # by hand: each saved fold model with its own training-fold recipe, probabilities averaged
     import torch
 
-    from brcatool.cohort import load_cohort
     from brcatool.expression import Recipe
-    from brcatool.training import fold_model_paths, load_fold_model
 
     cohort = load_cohort(other.workdir)
     feats = torch.from_numpy(cohort.features[:, 0].astype(np.float32))
