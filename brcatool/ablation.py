@@ -167,6 +167,13 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
                                       **cfg.slide_filter()))
         return loaded[0]
 
+    def source(variant: tuple[str, int] | None = None) -> Any:
+        """How a Dask worker rebuilds ``full_cohort()`` (and a sanity variant of it) from the workdir."""
+        from brcatool.training import CohortSource
+
+        return CohortSource.of(wd, cfg, images=any(k.uses_image for k in kinds),
+                               expression=any(k.uses_gene for k in kinds), variant=variant)
+
     def evaluate(spec: ModelSpec) -> None:
         ev = run_evaluate(wd, EvaluateConfig(run=spec.run, bootstrap=cfg.bootstrap, plots=cfg.run_plots,
                                              attention=False, seed=cfg.seed, overwrite=cfg.overwrite),
@@ -177,16 +184,19 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
             console.print(f"  {spec.label}: PR-AUC {m['pr_auc']:.3f} ± {sd['pr_auc']:.3f}, "
                           f"F1 {m['f1']:.3f} ± {sd['f1']:.3f} ({spec.run}, own patients)")
 
+    if cfg.dask:  # every model x fold (sanity checks and null included) as one batch of tasks
+        _fit_all(wd, cfg, specs, full_cohort, source, console, progress)
     for i, spec in enumerate(specs, 1):
         if console:
             console.print(f"[bold]ablate {cfg.name}[/]: model {i}/{len(specs)} {spec.label}")
         tcfg = cfg.train_config(spec.fusion, spec.aggregator, spec.run)
-        run_train(wd, tcfg, progress=progress, cohort=None if is_finished(wd, tcfg) else full_cohort())
+        run_train(wd, tcfg, progress=progress, cohort=None if is_finished(wd, tcfg) else full_cohort(),
+                  source=source())
         evaluate(spec)
     null: dict[str, Any] = {}
     if cfg.sanity:
         # trains one check at a time and yields it
-        for spec in _sanity(wd, cfg, list(specs), notes, console, progress, full_cohort):
+        for spec in _sanity(wd, cfg, list(specs), notes, console, progress, full_cohort, source):
             specs.append(spec)
             evaluate(spec)
     if loaded and loaded[0].left_out:
@@ -214,7 +224,7 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
                              n_boot=cfg.bootstrap, seed=cfg.seed)
              for s in specs if ref and s.label != ref}
     if cfg.sanity and cfg.permutations:
-        null = _label_null(wd, cfg, specs, oofs, classes, console, progress, full_cohort)
+        null = _label_null(wd, cfg, specs, oofs, classes, console, progress, full_cohort, source)
     summary = summary_table(specs, scored, pairs, ref, dropped, null)
     md = markdown(summary, cfg, ref, evals, notes, null)
     plots: list[Path] = []
@@ -260,23 +270,75 @@ def _console(progress: bool) -> Any:
     return Console(stderr=True, highlight=False)
 
 
-def _saved_splits(wd: Workdir, cfg: AblateConfig, cohort: Any) -> Any:
+def _saved_splits(wd: Workdir, cfg: AblateConfig, cohort: Any, *, save: bool = True) -> Any:
     from brcatool.splits import get_splits
 
     splits, _ = get_splits(wd, cohort, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed, by=cfg.split,
-                           site_column=cfg.site_column)
+                           site_column=cfg.site_column, save=save)
     return splits
 
 
+def _sanity_checks(cfg: AblateConfig, specs: list[ModelSpec]) -> list[tuple[ModelSpec, int]]:
+    """The sanity runs of the chosen fusion (a check its fusion cannot make left out), with the
+    seed of each (fixed per check, so a re-run reuses the finished run)."""
+    from brcatool.models import FUSIONS
+
+    fusion = cfg.chosen_fusion()
+    base = next(s for s in specs if s.fusion == fusion)
+    return [(ModelSpec(f"{base.label} ({what.replace('-', ' ')})", fusion, base.aggregator, kind=what,
+                       run=f"{base.run}-{what}"), cfg.seed * 7919 + 101 + i)
+            for i, what in enumerate(SANITY_KINDS)
+            if what != "shuffled-images" or FUSIONS.get(fusion).uses_image]
+
+
+def _null_fits(cfg: AblateConfig, base: ModelSpec) -> list[tuple[int, int, TrainConfig]]:
+    """(permutation, seed, training config) of every label-permutation re-fit."""
+    return [(i, cfg.seed * 7919 + 1000 + i,
+             cfg.train_config(base.fusion, base.aggregator, f"{base.run}-null-{i}"))
+            for i in range(cfg.permutations)]
+
+
+def _fit_all(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], full_cohort: Callable[[], Any],
+             source: Callable[..., Any], console: Any, progress: bool) -> None:
+    """``--dask``: every unfinished model's folds, the sanity checks' and the label null's, as one
+    batch of Dask tasks (``training.units``); the runs below then assemble them from the records."""
+    from brcatool.models import FUSIONS
+    from brcatool.training import fold_jobs, is_finished, run_fold_jobs, with_variant
+
+    jobs = []
+    for spec in specs:
+        tcfg = cfg.train_config(spec.fusion, spec.aggregator, spec.run)
+        if not is_finished(wd, tcfg):
+            jobs += fold_jobs(wd, tcfg, full_cohort(), source=source())
+    if cfg.sanity:
+        kind = FUSIONS.get(cfg.chosen_fusion())
+        base = next(s for s in specs if s.fusion == cfg.chosen_fusion())
+        variants = [(s.run, (s.kind, seed)) for s, seed in _sanity_checks(cfg, specs)]
+        if _cached_null(wd, cfg, base) is None:
+            variants += [(t.name, ("permuted-labels", seed)) for _, seed, t in _null_fits(cfg, base)]
+        for run, variant in variants:
+            tcfg = cfg.train_config(base.fusion, base.aggregator, run)
+            if is_finished(wd, tcfg):  # (a null re-fit has no run: never finished)
+                continue
+            c = full_cohort().restrict(gene=kind.uses_gene, image=kind.uses_image)
+            splits = _saved_splits(wd, cfg, c, save=False)
+            jobs += fold_jobs(wd, tcfg, with_variant(c, variant, splits), splits=splits,
+                              source=source(variant))
+    if console:
+        console.print(f"[bold]ablate {cfg.name}[/]: {len(jobs)} fold fits on Dask ({cfg.dask})")
+    run_fold_jobs(jobs, str(cfg.dask), progress=progress, label=f"ablate {cfg.name}: fold fits")
+
+
 def _sanity(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], notes: list[str], console: Any,
-            progress: bool, full_cohort: Callable[[], Any]) -> Iterator[ModelSpec]:
+            progress: bool, full_cohort: Callable[[], Any],
+            source: Callable[..., Any]) -> Iterator[ModelSpec]:
     """The chosen fusion with permuted labels, and with image bags shuffled among the patients that
     have images within each fold (of every repeat), so only the pairing differs from the real run.
 
     ``full_cohort()`` gives the cohort (loaded at most once, and only if a check needs training).
     """
     from brcatool.models import FUSIONS
-    from brcatool.training import is_finished, run_train
+    from brcatool.training import is_finished, run_train, with_variant
 
     fusion = cfg.chosen_fusion()
     base = next(s for s in specs if s.fusion == fusion)
@@ -289,22 +351,18 @@ def _sanity(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], notes: list[
             checked.append((c, _saved_splits(wd, cfg, c)))
         return checked[0]
 
-    for i, what in enumerate(SANITY_KINDS):
-        if what == "shuffled-images" and not kind.uses_image:
-            notes.append(f"shuffled-images check skipped: {fusion!r} uses no images")
-            continue
-        seed = cfg.seed * 7919 + 101 + i  # fixed per check, so a re-run reuses the finished run
-        spec = ModelSpec(f"{base.label} ({what.replace('-', ' ')})", fusion, base.aggregator, kind=what,
-                         run=f"{base.run}-{what}")
+    if not kind.uses_image:
+        notes.append(f"shuffled-images check skipped: {fusion!r} uses no images")
+    for spec, seed in _sanity_checks(cfg, specs):
+        what = spec.kind
         if console:
             console.print(f"[bold]ablate {cfg.name}[/]: sanity check {spec.label}")
         tcfg = cfg.train_config(fusion, base.aggregator, spec.run)
         variant, splits = None, None
         if not is_finished(wd, tcfg):
             c, splits = cohort()
-            variant = c.with_permuted_labels(seed) if what == "permuted-labels" else \
-                c.with_shuffled_images(seed, groups=splits.fold.T)
-        run_train(wd, tcfg, progress=progress, cohort=variant, splits=splits)
+            variant = with_variant(c, (what, seed), splits)
+        run_train(wd, tcfg, progress=progress, cohort=variant, splits=splits, source=source((what, seed)))
         artifacts.write_json(wd.run_dir(spec.run) / "sanity.json",
                              {"kind": what, "seed": seed, "of": base.run,
                               "note": "labels permuted across patients" if what == "permuted-labels"
@@ -312,9 +370,19 @@ def _sanity(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], notes: list[
         yield spec
 
 
+def _cached_null(wd: Workdir, cfg: AblateConfig, base: ModelSpec) -> Any:
+    """The null table this ablation wrote before with the same permutations, else None."""
+    path = wd.ablation_dir(cfg.name) / "null.parquet"
+    if path.is_file() and not cfg.overwrite:
+        old = artifacts.read_parquet(path, schema="summary")
+        if old.height == cfg.permutations and set(old["run"].unique().to_list()) == {base.run}:
+            return old
+    return None
+
+
 def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: dict[str, Any],
                 classes: list[str], console: Any, progress: bool,
-                full_cohort: Callable[[], Any]) -> dict[str, Any]:
+                full_cohort: Callable[[], Any], source: Callable[..., Any]) -> dict[str, Any]:
     """The chosen fusion re-fitted on ``cfg.permutations`` label permutations (nothing written but
     ``null.parquet``, reused while the ablation's parameters match): pooled scores of each, and the
     empirical p-value of the real run's pooled score on its own patients."""
@@ -328,22 +396,17 @@ def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: di
     base = next(s for s in specs if s.fusion == fusion and s.kind == "model")
     path = wd.ablation_dir(cfg.name) / "null.parquet"
     meta = {"fusion": fusion, "run": base.run, "permutations": cfg.permutations, "params": cfg.params()}
-    table = None
-    if path.is_file() and not cfg.overwrite:
-        old = artifacts.read_parquet(path, schema="summary")
-        if old.height == cfg.permutations and set(old["run"].unique().to_list()) == {base.run}:
-            table = old
+    table = _cached_null(wd, cfg, base)
     if table is None:
         kind = FUSIONS.get(fusion)
         c = full_cohort().restrict(gene=kind.uses_gene, image=kind.uses_image)
         splits = _saved_splits(wd, cfg, c)
         rows = []
-        for i in range(cfg.permutations):
-            seed = cfg.seed * 7919 + 1000 + i
+        for i, seed, tcfg in _null_fits(cfg, base):
             if console:
                 console.print(f"[bold]ablate {cfg.name}[/]: label permutation {i + 1}/{cfg.permutations}")
-            tcfg = cfg.train_config(fusion, base.aggregator, f"{base.run}-null-{i}")
-            oof = oof_only(c.with_permuted_labels(seed), splits, tcfg, progress=False)
+            oof = oof_only(c.with_permuted_labels(seed), splits, tcfg, progress=False, workdir=wd,
+                           source=source(("permuted-labels", seed)))
             rows.append({"permutation": i, "seed": seed, "run": base.run,
                          **{m: pooled_metrics(oof, classes)[m] for m in NULL_METRICS}})
         table = pl.DataFrame(rows)

@@ -218,7 +218,7 @@ def test_ablate_passes_every_training_setting_to_each_model():
                "batch_size": 4, "patience": 2, "hidden": 16, "dropout": 0.1, "heads": 2, "missing": "mask",
                "threshold": "tuned", "device": "cpu", "seed": 5, "overwrite": True, "pos_weight": "none",
                "optimizer": "adam", "bag_size": 35, "split": "site", "site_column": "center",
-               "slide_types": "DX", "keep_all_samples": True}
+               "slide_types": "DX", "keep_all_samples": True, "dask": "local:2"}
     assert set(changed) == {f.name for f in dataclasses.fields(TrainSettings)}
     train = AblateConfig(**changed).train_config("concat", "mean", "run-x")
     assert {k: getattr(train, k) for k in changed} == changed

@@ -8,6 +8,7 @@ import typer
 
 from brcatool.cli.common import (
     ConfigOpt,
+    DaskOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
@@ -92,6 +93,7 @@ def ablate(
     keep_all_samples: KeepAllSamplesOpt = False,
     paper: PaperOpt = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
+    dask: DaskOpt = None,
     workdir: WorkdirOpt = default_workdir(),
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
@@ -109,7 +111,7 @@ def ablate(
         patience=patience, hidden=hidden, dropout=dropout, heads=heads, missing=missing, threshold=threshold,
         bootstrap=bootstrap, plots=plots, run_plots=run_plots, device=device, seed=seed, overwrite=overwrite,
         pos_weight=pos_weight, optimizer=optimizer, bag_size=bag_size, split=split, site_column=site_column,
-        slide_types=slide_types, keep_all_samples=keep_all_samples)
+        slide_types=slide_types, keep_all_samples=keep_all_samples, dask=dask)
     apply_paper(cfg, ctx, paper)
     result = run_ablate(workdir, cfg, progress=not quiet)
     if not quiet:

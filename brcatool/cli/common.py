@@ -30,7 +30,10 @@ _CLI_EXITS = (typer.Exit, typer.Abort,
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a fix such as pip install 'brcatool[dask]' must not be read as rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 

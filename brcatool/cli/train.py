@@ -8,6 +8,7 @@ import typer
 
 from brcatool.cli.common import (
     ConfigOpt,
+    DaskOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
@@ -92,6 +93,7 @@ def train(
     keep_all_samples: KeepAllSamplesOpt = False,
     paper: PaperOpt = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
+    dask: DaskOpt = None,
     name: Annotated[str | None, typer.Option(
         "--name", help="Run name (folder under runs/).", show_default="<fusion>-<aggregator>-<time>")] = None,
     workdir: WorkdirOpt = default_workdir(),
@@ -110,7 +112,7 @@ def train(
         patch_dropout=patch_dropout, pos_weight=pos_weight, missing=missing,
         modality_dropout=modality_dropout, threshold=threshold, val_frac=val_frac, device=device, name=name,
         seed=seed, overwrite=overwrite, optimizer=optimizer, bag_size=bag_size, split=split,
-        site_column=site_column, slide_types=slide_types, keep_all_samples=keep_all_samples,
+        site_column=site_column, slide_types=slide_types, keep_all_samples=keep_all_samples, dask=dask,
     )
     apply_paper(cfg, ctx, paper)
     result = run_train(workdir, cfg, progress=not quiet)

@@ -19,14 +19,16 @@ from brcatool.training.stage import (
     is_finished,
     load_result,
     oof_only,
+    run_fold_jobs,
     run_train,
 )
-from brcatool.training.units import CohortSource, FitJob, run_fits, with_variant
+from brcatool.training.units import CohortSource, FitJob, with_variant
 
 __all__ = [
-    "BIG_WORK", "Batcher", "CohortSource", "FitJob", "FoldModel", "FoldOutput", "MISSING_MODES", "PAPER", "Predictions",
-    "TrainConfig", "TrainResult", "TrainSettings", "calibration_probs", "correct_probs", "eligible",
+    "BIG_WORK", "Batcher", "CohortSource", "FitJob", "FoldModel", "FoldOutput", "MISSING_MODES", "PAPER",
+    "Predictions", "TrainConfig", "TrainResult", "TrainSettings", "calibration_probs", "correct_probs",
+    "eligible",
     "fold_dirname", "fold_jobs", "fold_model_paths", "infer", "is_big", "is_finished", "load_fold_model",
-    "load_result", "oof_only", "oof_probs", "predict", "run_fits", "run_train", "train_fold",
+    "load_result", "oof_only", "oof_probs", "predict", "run_fold_jobs", "run_train", "train_fold",
     "with_variant"
 ]

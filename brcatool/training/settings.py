@@ -71,6 +71,7 @@ class TrainSettings:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be adamw or adam, got {self.optimizer!r}"),
             (self.split in SPLITS, f"--split must be patient or site, got {self.split!r}"),
             (self.bag_size >= 0, "--bag-size must be >= 0 (0 = every patch)"),
+            (self.dask is None or bool(self.dask.strip()), "--dask needs a scheduler address or local:N"),
         ]
         for ok, message in checks:
             if not ok:

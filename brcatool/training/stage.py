@@ -179,10 +179,15 @@ def _fit_units(wd: Workdir, name: str, cfg: TrainConfig, cohort: Cohort, splits:
                source: CohortSource | None, threads: int, progress: bool) -> list[FoldOutput]:
     """``--dask``: every fold a task (``training.units``); the records read back in fold order."""
     jobs = plan_fits(wd, name, cfg, cohort, splits, source, threads)
-    with _progress(progress) as bar:
-        task = bar.add_task(f"{name}: folds (dask {cfg.dask})", total=len(jobs), info="")
-        run_fits(jobs, str(cfg.dask), on_done=lambda _job: bar.advance(task))
+    run_fold_jobs(jobs, str(cfg.dask), progress=progress, label=f"{name}: folds")
     return collect(jobs)
+
+
+def run_fold_jobs(jobs: list[FitJob], dask: str, *, progress: bool, label: str) -> None:
+    """The units without a finished record as Dask tasks, with a bar of finished folds."""
+    with _progress(progress) as bar:
+        task = bar.add_task(f"{label} (dask {dask})", total=len(jobs), info="")
+        run_fits(jobs, dask, on_done=lambda _job: bar.advance(task))
 
 
 def _resolve_splits(wd: Workdir, cfg: TrainConfig, cohort: Cohort, ok: np.ndarray) -> tuple[Splits, bool]:
