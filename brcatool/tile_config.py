@@ -32,6 +32,7 @@ class TileConfig:
     mpp_fallback: float | None = None  # level-0 µm/px for slides without usable metadata
     roi: str | None = None  # folder of QuPath GeoJSON annotations per slide (regions of interest)
     roi_missing: Literal["skip", "whole"] = "whole"  # slides without an ROI file
+    roi_class: list[str] = field(default_factory=list)  # keep only ROI annotations of these classes
     seed: int = 0
     no_pixels: bool = False  # patches.parquet + QC only; embed reads the pixels from the slides
     workers: int = 1
@@ -81,6 +82,7 @@ def validate(cfg: TileConfig) -> None:
         (cfg.tissue_method in ("otsu-sat", "otsu-gray"), "--tissue-method must be otsu-sat or otsu-gray"),
         (cfg.roi is None or Path(cfg.roi).is_dir(), "--roi must be a folder of QuPath GeoJSON files"),
         (cfg.roi_missing in ("skip", "whole"), "--roi-missing must be skip or whole"),
+        (not cfg.roi_class or cfg.roi is not None, "--roi-class needs --roi (the folder of GeoJSON files)"),
         (bool(cfg.slides) or cfg.slides_table is not None, "give slide files/folders or --slides-table"),
     ]
     for ok, message in checks:
@@ -114,4 +116,6 @@ def params(cfg: TileConfig) -> dict[str, Any]:
     if cfg.slides_table is not None:
         params["slides_table"] = str(Path(cfg.slides_table).expanduser().resolve())
     params["target_mpp"] = cfg.target_mpp
+    if not cfg.roi_class:  # added later: an unset --roi-class must not refuse older workdirs' resume
+        params.pop("roi_class", None)
     return params

@@ -73,7 +73,7 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
         roi_status = roi_note = None
         if cfg.roi:  # QuPath regions of interest: keep candidates whose centre is inside (holes excluded)
             xy, frac, roi_status, roi_note = qupath_geojson.roi_filter(
-                cfg.roi, cfg.roi_missing, entry.slide_id, xy, frac, plan.size0)
+                cfg.roi, cfg.roi_missing, entry.slide_id, xy, frac, plan.size0, cfg.roi_class)
     except Exception as exc:  # noqa: BLE001 - any failure of one slide becomes its row
         return _failed(entry, exc, t0)
     base = qc.base(thumb, mask)  # kept in memory (768 px); boxes are drawn once patches are chosen

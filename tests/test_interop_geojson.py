@@ -15,6 +15,7 @@ from brcatool.cli.app import app
 from brcatool.errors import InputError
 from brcatool.interop import geojson
 from brcatool.synth import make_prepared_workdir
+from brcatool.synth.foreign import QuPathObject, write_qupath_geojson
 from brcatool.tiling import TileConfig, run_tile
 
 runner = CliRunner()
@@ -23,12 +24,17 @@ SQUARE_WITH_HOLE = [[[0, 0], [1024, 0], [1024, 1024], [0, 1024], [0, 0]],
 
 
 def _qupath_export(path, rings, *, extra=()):
-    """What QuPath writes with File > Export objects as GeoJSON (a list of Features, v0.4+)."""
-    feats = [{"type": "Feature", "id": "a1", "geometry": {"type": "Polygon", "coordinates": rings},
-              "properties": {"objectType": "annotation", "isLocked": False,
-                             "classification": {"name": "Tumor", "color": [200, 0, 0]}}}, *extra]
-    path.write_text(json.dumps(feats))
+    """What QuPath writes with File > Export objects as GeoJSON (v0.4+), plus ``extra`` raw Features."""
+    write_qupath_geojson(path, [QuPathObject(rings, classes=("Tumor",))])
+    if extra:
+        obj = json.loads(path.read_text())
+        obj["features"] += list(extra)
+        path.write_text(json.dumps(obj))
     return path
+
+
+def _square(x, y, side):
+    return [[[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]]
 
 
 def _check_collection(obj):
@@ -69,6 +75,52 @@ def test_read_polygons_takes_annotations_and_skips_detections(tmp_path):
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {}}]}))
     with pytest.raises(InputError, match="no annotation polygons"):
         geojson.read_polygons(tmp_path / "pts.geojson")
+
+
+def test_qupath_02_export_kind_is_the_feature_id_and_only_annotations_are_roi(tmp_path):
+    """QuPath 0.2/0.3: no objectType; ``id`` is PathAnnotationObject / PathCellObject / ... ."""
+    objs = [QuPathObject(_square(0, 0, 1000), classes=("Tumor",)),
+            QuPathObject(_square(5000, 5000, 20), "cell"),
+            QuPathObject(_square(8000, 8000, 500), "detection"),
+            QuPathObject(_square(9000, 0, 300), "tile"),
+            QuPathObject(_square(2000, 0, 100))]  # an unclassified annotation
+    path = write_qupath_geojson(tmp_path / "old.geojson", objs, version="0.2.3")
+    raw = json.loads(path.read_text())
+    assert isinstance(raw, list) and [f["id"] for f in raw] == [
+        "PathAnnotationObject", "PathCellObject", "PathDetectionObject", "PathTileObject",
+        "PathAnnotationObject"]
+    assert not any("objectType" in f["properties"] for f in raw) and "nucleusGeometry" in raw[1]
+    assert raw[0]["properties"]["classification"] == {"name": "Tumor", "colorRGB": -3670016}
+    polys = geojson.read_polygons(path)
+    assert len(polys) == 2
+    pts = np.array([[500, 500], [5010, 5010], [8200, 8200], [9100, 100], [2050, 50]])
+    assert geojson.points_in_polygons(pts, polys).tolist() == [True, False, False, False, True]
+    assert geojson.object_type({"id": "3f1c0d2e", "properties": {}}) == "annotation"  # a uuid, no kind
+    cell_id = {"id": "PathCellObject", "properties": {"objectType": "annotation"}}
+    assert geojson.object_type(cell_id) == "annotation"  # objectType wins over the id
+
+
+def test_ignored_classes_are_not_roi_and_roi_class_keeps_named_classes(tmp_path):
+    """QuPath 0.4+: ``Ignore*``/``Region*`` are never ROI; --roi-class keeps only the named classes (a
+    derived class ``names: [Tumor, Stroma]`` matches its full name or a part)."""
+    objs = [QuPathObject(SQUARE_WITH_HOLE, classes=("Tumor",)),
+            QuPathObject([_square(2000, 0, 100), _square(3000, 0, 100)], classes=("Ignore*",),
+                         geometry="MultiPolygon"),
+            QuPathObject(_square(0, 4000, 500), classes=("Region*",)),
+            QuPathObject(_square(0, 2000, 500), classes=("Tumor", "Stroma")),
+            QuPathObject(_square(2000, 2000, 500), classes=("Necrosis",))]
+    path = write_qupath_geojson(tmp_path / "new.geojson", objs)
+    raw = json.loads(path.read_text())
+    assert raw["features"][3]["properties"]["classification"]["names"] == ["Tumor", "Stroma"]
+    pts = np.array([[10, 10], [500, 500], [2050, 50], [3050, 50], [100, 4100], [100, 2100], [2100, 2100]])
+    inside = {cls: geojson.points_in_polygons(pts, geojson.read_polygons(path, cls)).tolist()
+              for cls in [(), ("Tumor",), ("Stroma",), ("Tumor: Stroma", "Necrosis")]}
+    assert inside[()] == [True, False, False, False, False, True, True]
+    assert inside[("Tumor",)] == [True, False, False, False, False, True, False]
+    assert inside[("Stroma",)] == [False, False, False, False, False, True, False]
+    assert inside[("Tumor: Stroma", "Necrosis")] == [False, False, False, False, False, True, True]
+    with pytest.raises(InputError, match=r"no annotation polygons of class Ignore\*.*classes: Ignore\*"):
+        geojson.read_polygons(path, ("Ignore*",))
 
 
 def test_roi_file_is_matched_by_slide_id_also_with_the_image_suffix(tmp_path):
@@ -124,6 +176,19 @@ def roi_tiles(small_cohort, tmp_path_factory):
         cfg = TileConfig(slides=[str(p) for p in slides], sampling="all", patch_size=128, mpp=0.5, **extra)
         res = run_tile(wd, cfg, progress=False)
         out[name] = (wd, res, artifacts.read_parquet(wd.patches_table, schema="patches"))
+    # the Tumor ROI beside a Stroma square, and an Ignore* square over part of the Tumor one, via the CLI
+    classes_dir = root / "rois-classes"
+    write_qupath_geojson(classes_dir / f"{sid}.geojson", [
+        QuPathObject(SQUARE_WITH_HOLE, classes=("Tumor",)),
+        QuPathObject(_square(1024, 0, 512), classes=("Stroma",)),
+        QuPathObject(_square(0, 0, 4096), classes=("Ignore*",))])
+    for name, extra in (("class", ["--roi-class", "Tumor,Necrosis"]), ("ignore", [])):
+        wd = Workdir(root / name)
+        args = ["tile", str(slides[0]), "--roi", str(classes_dir), "--sampling", "all", "--patch-size", "128",
+                "--mpp", "0.5", "-w", str(wd.root), "-q", *extra]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        out[name] = (wd, None, artifacts.read_parquet(wd.patches_table, schema="patches"))
     return sid, slides[1].stem, out
 
 
@@ -139,6 +204,19 @@ def test_roi_keeps_exactly_the_tissue_candidates_inside_it(roi_tiles):
     in_hole = [(x, y) for x, y in base.select("x", "y").iter_rows()
                if 384 < x + 64 < 640 and 384 < y + 64 < 640]
     assert want and in_hole and len(want) + len(in_hole) < base.height  # the hole and the outside both cut
+
+
+def test_roi_class_and_ignored_classes_through_the_cli(roi_tiles):
+    sid, _, out = roi_tiles
+    tumour = {tuple(r) for r in out["skip"][2].filter(pl.col("slide_id") == sid).select("x", "y").iter_rows()}
+    got = {tuple(r) for r in out["class"][2].select("x", "y").iter_rows()}
+    assert got == tumour  # --roi-class Tumor: the Stroma square is left out; Ignore* never counts
+    base = out["none"][2].filter(pl.col("slide_id") == sid)
+    stroma = {(x, y) for x, y in base.select("x", "y").iter_rows() if 1024 < x + 64 < 1536 and y + 64 < 512}
+    both = {tuple(r) for r in out["ignore"][2].select("x", "y").iter_rows()}
+    assert stroma and both == tumour | stroma  # no --roi-class: every class but Ignore* (the whole slide)
+    cfg = artifacts.read_json(out["class"][0].stage_manifest("tile"))
+    assert cfg["params"]["roi_class"] == ["Tumor", "Necrosis"]
 
 
 def test_slides_without_roi_follow_roi_missing(roi_tiles):

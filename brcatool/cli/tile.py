@@ -81,6 +81,11 @@ def tile(
     roi_missing: Annotated[RoiMissing, typer.Option(
         "--roi-missing", help="Slides without an ROI file: whole (tile all tissue) or skip.")
     ] = RoiMissing.whole,
+    roi_class: Annotated[str | None, typer.Option(
+        "--roi-class", metavar="NAME[,NAME]",
+        help="Keep only ROI annotations of these QuPath classes (a derived class matches its full name or "
+        "any part). Ignored classes (Ignore*, Region*: names ending in *) are never ROI.",
+        show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Processes working on slides.")] = 1,
     shard: ShardOpt = None,
     dask: DaskOpt = None,
@@ -111,6 +116,7 @@ def tile(
         magnification=magnification, patch_size=patch_size, stride=stride, min_tissue=min_tissue,
         tissue_method=TissueMethod(tissue_method).value, min_area=min_area, mpp_fallback=mpp_fallback,
         roi=str(roi) if roi is not None else None, roi_missing=RoiMissing(roi_missing).value,
+        roi_class=[c.strip() for c in (roi_class or "").split(",") if c.strip()],
         seed=seed, no_pixels=no_pixels, workers=workers, shard=shard, dask=dask, merge=merge,
         overwrite=overwrite, strict=strict,
     )

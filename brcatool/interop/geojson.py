@@ -3,8 +3,15 @@
 QuPath's conventions (File > Import objects / Export as GeoJSON, v0.4+): a ``FeatureCollection`` whose
 ``Feature``s carry a ``Polygon``/``MultiPolygon`` in level-0 pixel coordinates (origin at the image's
 top-left corner) and ``properties`` with ``objectType`` (``annotation``, ``detection``, ``tile``, ...),
-optionally ``classification`` ``{"name", "color": [r, g, b]}``, ``measurements`` ``{name: number}``,
-``color`` ``[r, g, b]``, ``name`` and ``isLocked``. Unknown properties are ignored by QuPath.
+optionally ``classification`` ``{"name", "color": [r, g, b]}`` (a derived class: ``{"names": [...]}``),
+``measurements`` ``{name: number}``, ``color`` ``[r, g, b]``, ``name`` and ``isLocked``. Unknown
+properties are ignored by QuPath. QuPath 0.2/0.3 wrote no ``objectType``: the Feature's top-level
+``id`` names the kind (``PathAnnotationObject``, ``PathDetectionObject``, ``PathCellObject``, ...),
+classifications as ``{"name", "colorRGB"}``, often a bare list of Features.
+
+As regions of interest only annotations count, and not those of QuPath's *ignored* classes (names
+ending in ``*``: ``Ignore*``, ``Region*``); ``classes`` (``tile --roi-class``) keeps only annotations
+of those classes (a derived class such as ``Tumor: Stroma`` matches its full name or any part).
 
 Point-in-polygon (``points_in_polygons``) uses the even-odd rule on every ring, so a point in a hole
 (an interior ring) is outside; polygons of a slide are united.
@@ -28,6 +35,10 @@ Polygon = tuple[np.ndarray, list[np.ndarray]]
 
 TISSUE_COLOR = [0, 170, 0]
 ROI_SUFFIXES = (".geojson", ".json")
+#: QuPath 0.2/0.3 Feature ``id`` -> objectType (later versions write ``properties.objectType``)
+QUPATH_OBJECT_IDS = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection",
+                     "PathCellObject": "cell", "PathTileObject": "tile", "PathTMACoreObject": "tma_core",
+                     "PathRootObject": "root"}
 _POINT_BLOCK = 4096  # points tested per block (memory: block x vertices booleans)
 
 
@@ -155,9 +166,42 @@ def _polygons(geom: dict[str, Any] | None, path: Path) -> list[Polygon]:
     return out
 
 
-def read_polygons(path: str | Path) -> list[Polygon]:
-    """Annotation polygons of a QuPath GeoJSON export (objects of other types, e.g. detections or
-    tiles, and non-area geometries are skipped)."""
+def object_type(feat: dict[str, Any]) -> str:
+    """QuPath's kind of a Feature: ``objectType`` (0.4+, or ``object_type``), else the 0.2/0.3 top-level
+    ``id`` (``PathCellObject`` ...); ``annotation`` only when neither says otherwise."""
+    props = feat.get("properties") or {}
+    kind = props.get("objectType", props.get("object_type"))
+    if kind is None:
+        kind = QUPATH_OBJECT_IDS.get(str(feat.get("id")), "annotation")
+    return str(kind).lower()
+
+
+def class_names(feat: dict[str, Any]) -> list[str]:
+    """The classification's name(s): ``[]`` unclassified, ``[name]``, or a derived class's parts."""
+    cls = (feat.get("properties") or {}).get("classification")
+    if isinstance(cls, str):
+        return [cls]
+    if not isinstance(cls, dict):
+        return []
+    names = cls.get("names")
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    return [str(cls["name"])] if cls.get("name") is not None else []
+
+
+def is_ignored_class(names: Sequence[str]) -> bool:
+    """QuPath's ignored classes (``Ignore*``, ``Region*``, any name ending in ``*``)."""
+    return any(n.strip().endswith("*") for n in names)
+
+
+def _class_matches(names: Sequence[str], classes: Sequence[str]) -> bool:
+    return bool({": ".join(names), *names} & set(classes))
+
+
+def read_polygons(path: str | Path, classes: Sequence[str] = ()) -> list[Polygon]:
+    """Annotation polygons of a QuPath GeoJSON export: objects of other types (detections, cells,
+    tiles), annotations of ignored classes (``*``), of other classes than ``classes`` (when given) and
+    non-area geometries are skipped."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
@@ -166,14 +210,21 @@ def read_polygons(path: str | Path) -> list[Polygon]:
     except json.JSONDecodeError as exc:
         raise InputError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path=path) from None
     polys: list[Polygon] = []
+    seen: set[str] = set()
     for feat in _features(obj, path):
-        props = feat.get("properties") or {}
-        kind = props.get("objectType", props.get("object_type", "annotation"))  # QuPath >= 0.4 / older
-        if str(kind).lower() == "annotation":
-            polys += _polygons(feat.get("geometry"), path)
+        if object_type(feat) != "annotation":
+            continue
+        names = class_names(feat)
+        seen.add(": ".join(names) or "(unclassified)")
+        if is_ignored_class(names) or (classes and not _class_matches(names, classes)):
+            continue
+        polys += _polygons(feat.get("geometry"), path)
     if not polys:
-        raise InputError("holds no annotation polygons", path=path,
-                         fix="draw area annotations (not points or lines) in QuPath and export them")
+        wanted = f" of class {', '.join(classes)}" if classes else ""
+        found = f" (annotation classes: {', '.join(sorted(seen))})" if seen else ""
+        raise InputError(f"holds no annotation polygons{wanted}{found}", path=path,
+                         fix="draw area annotations (not points or lines, not of an ignored class such as "
+                         "Ignore*) in QuPath and export them" + (", or check --roi-class" if classes else ""))
     return polys
 
 
@@ -217,24 +268,26 @@ def points_in_polygons(points: np.ndarray, polygons: Sequence[Polygon]) -> np.nd
     return inside
 
 
-def roi_keep(roi_dir: str | Path, slide_id: str, xy0: np.ndarray, size0: float) -> np.ndarray | None:
+def roi_keep(roi_dir: str | Path, slide_id: str, xy0: np.ndarray, size0: float,
+             classes: Sequence[str] = ()) -> np.ndarray | None:
     """Mask of candidates (level-0 top-left ``xy0``, side ``size0``) whose centre lies in the slide's
-    ROI polygons; None when the slide has no ROI file."""
+    ROI polygons (of ``classes`` when given); None when the slide has no ROI file."""
     path = find_roi_file(roi_dir, slide_id)
     if path is None:
         return None
     centres = np.asarray(xy0, dtype=np.float64).reshape(-1, 2) + size0 / 2.0
-    return points_in_polygons(centres, read_polygons(path))
+    return points_in_polygons(centres, read_polygons(path, classes))
 
 
 def roi_filter(roi_dir: str | Path, missing: str, slide_id: str, xy0: np.ndarray, frac: np.ndarray,
-               size0: float) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
+               size0: float, classes: Sequence[str] = (),
+               ) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
     """``tile --roi``: (kept candidates, their tissue fractions, a status for the slide or None, a note).
 
     The candidates already passed the tissue mask (``--min-tissue``), so what is kept is the
     intersection of tissue and ROI. No ROI file: ``missing="whole"`` keeps all, ``"skip"`` none
     (status ``no_roi``)."""
-    keep = roi_keep(roi_dir, slide_id, xy0, size0)
+    keep = roi_keep(roi_dir, slide_id, xy0, size0, classes)
     if keep is None:
         if missing == "skip":
             note = f"no ROI file for this slide in {roi_dir} (--roi-missing skip)"
