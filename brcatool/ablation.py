@@ -322,7 +322,7 @@ def _fit_all(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], full_cohort
                 continue
             c = full_cohort().restrict(gene=kind.uses_gene, image=kind.uses_image)
             splits = _saved_splits(wd, cfg, c, save=False)
-            jobs += fold_jobs(wd, tcfg, with_variant(c, variant, splits), splits=splits,
+            jobs += fold_jobs(wd, tcfg, with_variant(c, variant, splits, cfg.missing), splits=splits,
                               source=source(variant))
     if console:
         console.print(f"[bold]ablate {cfg.name}[/]: {len(jobs)} fold fits on Dask ({cfg.dask})")
@@ -361,11 +361,12 @@ def _sanity(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], notes: list[
         variant, splits = None, None
         if not is_finished(wd, tcfg):
             c, splits = cohort()
-            variant = with_variant(c, (what, seed), splits)
+            variant = with_variant(c, (what, seed), splits, cfg.missing)
         run_train(wd, tcfg, progress=progress, cohort=variant, splits=splits, source=source((what, seed)))
         artifacts.write_json(wd.run_dir(spec.run) / "sanity.json",
                              {"kind": what, "seed": seed, "of": base.run,
-                              "note": "labels permuted across patients" if what == "permuted-labels"
+                              "note": "labels permuted within each validation fold, per repeat"
+                              if what == "permuted-labels"
                               else "image bags shuffled among patients with images, within folds"})
         yield spec
 
@@ -390,7 +391,7 @@ def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: di
 
     from brcatool.evaluation import pooled_metrics
     from brcatool.models import FUSIONS
-    from brcatool.training import oof_only
+    from brcatool.training import oof_only, with_variant
 
     fusion = cfg.chosen_fusion()
     base = next(s for s in specs if s.fusion == fusion and s.kind == "model")
@@ -405,7 +406,8 @@ def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: di
         for i, seed, tcfg in _null_fits(cfg, base):
             if console:
                 console.print(f"[bold]ablate {cfg.name}[/]: label permutation {i + 1}/{cfg.permutations}")
-            oof = oof_only(c.with_permuted_labels(seed), splits, tcfg, progress=False, workdir=wd,
+            labels = with_variant(c, ("permuted-labels", seed), splits, cfg.missing)  # within folds
+            oof = oof_only(labels, splits, tcfg, progress=False, workdir=wd,
                            source=source(("permuted-labels", seed)))
             rows.append({"permutation": i, "seed": seed, "run": base.run,
                          **{m: pooled_metrics(oof, classes)[m] for m in NULL_METRICS}})

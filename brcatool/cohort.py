@@ -55,6 +55,10 @@ class Cohort:
     encoder: dict[str, Any] = field(default_factory=dict)  # encoder, weights, dim, views
     recipe_settings: dict[str, Any] = field(default_factory=dict)
     left_out: dict[str, int] = field(default_factory=dict)  # slides not in any bag: reason -> count
+    # sanity variants drawn once per repeat of a split (``for_repeat`` picks one; the arrays above
+    # hold repeat 0's): (R, P) labels, and (R, P) bag order relative to this cohort's bags
+    repeat_targets: np.ndarray | None = None
+    repeat_bags: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -91,26 +95,61 @@ class Cohort:
         return out
 
     # ------------------------------------------------------------------ sanity-check variants
-    def with_permuted_labels(self, seed: int) -> Cohort:
-        """A copy whose labels are shuffled across patients (a chance-level control)."""
+    def with_permuted_labels(self, seed: int, groups: np.ndarray | None = None,
+                             among: np.ndarray | None = None) -> Cohort:
+        """A copy with labels shuffled across patients (a chance-level control).
+
+        ``groups`` (P, R), e.g. ``splits.fold.T``: one permutation per repeat r, within each of
+        repeat r's validation folds, so every fold keeps its class counts (the split was stratified
+        on the real labels; permuting across folds unbalances them and biases the null low);
+        ``among`` (P,) bool: only these patients' labels move (the fusion's eligible ones).
+        """
         rng = np.random.default_rng(seed)
-        return dataclasses.replace(self, targets=self.targets[rng.permutation(self.n)])
+        if groups is None:
+            groups = np.zeros((self.n, 1), dtype=np.int64)
+        groups = np.asarray(groups).reshape(self.n, -1)
+        among = np.ones(self.n, dtype=bool) if among is None else np.asarray(among, dtype=bool)
+        per = np.stack([self.targets[_within(groups[:, r], among, rng)] for r in range(groups.shape[1])])
+        return dataclasses.replace(self, targets=per[0], repeat_targets=per if len(per) > 1 else None)
 
     def with_shuffled_images(self, seed: int, groups: np.ndarray | None = None) -> Cohort:
         """A copy whose image bags are shuffled among the patients that have images (what do the
-        images add?), within each group (e.g. the fold of each repeat: ``splits.fold.T``), so
-        bags never cross from training to validation and nobody gains or loses a modality."""
+        images add?), within each group, so bags never cross from training to validation and
+        nobody gains or loses a modality. ``groups`` (P, R), e.g. ``splits.fold.T``: one shuffle
+        per repeat r within repeat r's folds (``for_repeat(r)`` gives it)."""
         rng = np.random.default_rng(seed)
-        p = np.arange(self.n)
-        keys = np.zeros((self.n, 1), dtype=np.int64) if groups is None else \
-            np.asarray(groups).reshape(self.n, -1)
-        _, cell = np.unique(keys, axis=0, return_inverse=True)
-        for c in np.unique(cell):
-            members = np.flatnonzero((cell.ravel() == c) & self.has_img)
-            p[members] = members[rng.permutation(len(members))]
+        if groups is None:
+            groups = np.zeros((self.n, 1), dtype=np.int64)
+        groups = np.asarray(groups).reshape(self.n, -1)
+        perms = [_within(groups[:, r], self.has_img, rng) for r in range(groups.shape[1])]
+        inv = np.argsort(perms[0])
+        relative = np.stack([inv[q] for q in perms]) if len(perms) > 1 else None  # repeat 0: identity
+        return dataclasses.replace(self._with_bags(perms[0]), repeat_bags=relative)
+
+    def for_repeat(self, repeat: int) -> Cohort:
+        """The cohort repeat ``repeat`` of a split trains and scores on (a per-repeat sanity variant),
+        else this cohort."""
+        if self.repeat_targets is None and self.repeat_bags is None:
+            return self
+        out = dataclasses.replace(self, repeat_targets=None, repeat_bags=None)
+        if self.repeat_targets is not None:
+            out = dataclasses.replace(out, targets=self.repeat_targets[repeat])
+        return out if self.repeat_bags is None else out._with_bags(self.repeat_bags[repeat])
+
+    def _with_bags(self, p: np.ndarray) -> Cohort:
+        """Patient i gets the image bag of patient ``p[i]``."""
         return dataclasses.replace(
             self, features=None if self.features is None else self.features[p], mask=self.mask[p],
             patch_slide=self.patch_slide[p], patch_index=self.patch_index[p])
+
+
+def _within(cells: np.ndarray, among: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of positions moving each position in ``among`` only to one of the same cell."""
+    p = np.arange(len(cells))
+    for c in np.unique(cells):
+        members = np.flatnonzero((cells == c) & among)
+        p[members] = members[rng.permutation(len(members))]
+    return p
 
 
 def cohort_hash(patient_ids: list[str], targets: np.ndarray) -> str:

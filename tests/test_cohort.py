@@ -145,3 +145,65 @@ def test_unfinished_embed_is_refused(tmp_path: Path) -> None:
     artifacts.write_json(path, {**manifest, "status": "running"})
     with pytest.raises(ArtifactError, match="embedding did not finish"):
         load_cohort(prep.workdir)
+
+
+def _bag(c, i: int) -> tuple:
+    return tuple(c.patch_slide[i][c.mask[i]].tolist())
+
+
+def test_shuffled_images_are_drawn_per_repeat_within_its_folds(prepared) -> None:
+    c = load_cohort(prepared.workdir)
+    splits = make_splits(c, folds=3, repeats=3, seed=1)
+    shuffled = c.with_shuffled_images(5, groups=splits.fold.T)
+    owner = {_bag(c, j): j for j in np.flatnonzero(c.has_img)}
+    for r in range(3):
+        got = shuffled.for_repeat(r)
+        assert np.array_equal(got.has_img, c.has_img) and np.array_equal(got.targets, c.targets)
+        moved = 0
+        for i in np.flatnonzero(c.has_img):
+            j = owner[_bag(got, i)]
+            assert splits.fold[r, j] == splits.fold[r, i]  # never across repeat r's folds
+            moved += j != i
+        assert moved > 0.6 * c.has_img.sum(), (r, moved)  # most bags move in every repeat
+    assert all(_bag(shuffled, i) == _bag(shuffled.for_repeat(0), i) for i in range(c.n))
+
+
+def test_permuted_labels_keep_every_folds_class_counts(prepared) -> None:
+    c = load_cohort(prepared.workdir)
+    splits = make_splits(c, folds=3, repeats=2, seed=2)
+    among = c.has_expr & c.has_img
+    perm = c.with_permuted_labels(9, groups=splits.fold.T, among=among)
+    for r in range(2):
+        y = perm.for_repeat(r).targets
+        assert np.array_equal(y[~among], c.targets[~among])  # only the eligible patients' labels move
+        assert (y != c.targets).sum() >= 4
+        for k in range(3):
+            cell = (splits.fold[r] == k) & among
+            assert np.array_equal(np.bincount(y[cell], minlength=2),
+                                  np.bincount(c.targets[cell], minlength=2))
+    assert not np.array_equal(perm.for_repeat(0).targets, perm.for_repeat(1).targets)
+
+
+def test_a_label_null_within_folds_is_not_biased_low(tmp_path: Path) -> None:
+    """No signal at all: a 'model' scoring each fold by its training fold's positive rate. Labels
+    permuted across a split stratified on the real labels unbalance the folds, and this score
+    then ranks the validation positives low (ROC-AUC well below the real labels' value); within
+    folds the null keeps the real run's fold structure exactly."""
+    from sklearn.metrics import roc_auc_score
+
+    pw = make_prepared_workdir(tmp_path / "w", patients=60, patches=2, dim=4, genes=5, seed=6)
+    c = load_cohort(pw.workdir)
+    splits = make_splits(c, folds=5, seed=3)
+
+    def prior_auc(y: np.ndarray) -> float:
+        score = np.empty(len(y))
+        for k in range(5):
+            tr, va = splits.indices(0, k)
+            score[va] = y[tr].mean()
+        return roc_auc_score(y, score)
+
+    real = prior_auc(c.targets)
+    within = [prior_auc(c.with_permuted_labels(s, groups=splits.fold.T).targets) for s in range(40)]
+    across = [prior_auc(c.with_permuted_labels(s).targets) for s in range(40)]
+    assert np.allclose(within, real)  # the null keeps the real run's fold structure exactly
+    assert abs(real - 0.5) < 0.1 and np.mean(across) < real - 0.08  # the old null: biased low

@@ -100,6 +100,7 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
     from brcatool.expression import Recipe
     from brcatool.models import FUSIONS, ModelConfig, build_model
 
+    cohort = cohort.for_repeat(repeat)  # a sanity variant drawn per repeat (labels, bags)
     device = device or torch_device(cfg.device)
     kind = FUSIONS.get(cfg.fusion)
     gene, image = kind.uses_gene, kind.uses_image

@@ -67,7 +67,7 @@ def _oof_table(cohort: Cohort, outs: list[FoldOutput]) -> Any:
             "patient_id": [cohort.patient_ids[i] for i in o.val_idx],
             "repeat": np.full(len(o.val_idx), o.repeat, dtype=np.int64),
             "fold": np.full(len(o.val_idx), o.fold, dtype=np.int64),
-            "target": cohort.targets[o.val_idx],
+            "target": cohort.for_repeat(o.repeat).targets[o.val_idx],  # a label null: repeat o's labels
         }
         cal = o.probs if o.cal_probs is None else o.cal_probs
         if len(cohort.classes) == 2:

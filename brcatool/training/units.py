@@ -92,19 +92,25 @@ class CohortSource:
                 slide_types=list(self.slide_types), keep_all_samples=self.keep_all_samples))
         kind = FUSIONS.get(cfg.fusion)
         cohort = _LOADED["cohort"].restrict(gene=kind.uses_gene, image=kind.uses_image)
-        return with_variant(cohort, self.variant, splits)
+        return with_variant(cohort, self.variant, splits, cfg.missing)
 
 
 _LOADED: dict[str, Any] = {}
 
 
-def with_variant(cohort: Cohort, variant: tuple[str, int] | None, splits: Splits) -> Cohort:
-    """``cohort`` as a sanity check uses it (labels permuted, or image bags shuffled within folds)."""
+def with_variant(cohort: Cohort, variant: tuple[str, int] | None, splits: Splits,
+                 missing: str = "drop") -> Cohort:
+    """``cohort`` (restricted to a fusion's modalities) as a sanity check uses it, drawn per repeat
+    of ``splits``: labels permuted within each validation fold among the patients the fusion can
+    use under ``missing`` (every fold keeps its class counts), or image bags shuffled within folds."""
     if variant is None:
         return cohort
     what, seed = variant
     if what == "permuted-labels":
-        return cohort.with_permuted_labels(seed)
+        gene, image = bool(cohort.genes), cohort.features is not None
+        among = (cohort.has_expr | cohort.has_img if missing == "mask" and gene and image
+                 else cohort.available(gene=gene, image=image))
+        return cohort.with_permuted_labels(seed, groups=splits.fold.T, among=among)
     return cohort.with_shuffled_images(seed, groups=splits.fold.T)
 
 
