@@ -93,8 +93,7 @@ def make_splits(cohort: Cohort, *, folds: int, repeats: int = 1, seed: int = 0, 
     check_folds(cohort, folds)
     if by == "site":
         sites = list(sites) if sites is not None else patient_sites(cohort)
-        fold = np.stack([_site_folds(sites, cohort.targets, len(cohort.classes), folds, seed, r)
-                         for r in range(repeats)])
+        fold = _distinct_site_repeats(sites, cohort.targets, len(cohort.classes), folds, seed, repeats)
         return Splits(folds=folds, repeats=repeats, seed=seed, task=cohort.task,
                       patient_ids=list(cohort.patient_ids), fold=fold, cohort_hash=cohort.hash(),
                       by="site", sites=sites)
@@ -259,20 +258,50 @@ def _site_table(cohort: Cohort, spec: str, wd: Workdir | None) -> list[str]:
     return [of[p] for p in cohort.patient_ids]
 
 
+def site_partition(fold: np.ndarray, sites: list[str]) -> frozenset[frozenset[str]]:
+    """The partition of the sites one repeat's folds make (fold labels ignored)."""
+    arr = np.asarray(sites)
+    return frozenset(frozenset(arr[fold == k].tolist()) for k in np.unique(fold))
+
+
+def _distinct_site_repeats(sites: list[str], targets: np.ndarray, n_classes: int, folds: int, seed: int,
+                           repeats: int, tries: int = 100) -> np.ndarray:
+    """``repeats`` site fold assignments that are different partitions of the sites: a repeat that
+    only relabels the folds of an earlier one adds no information, and the corrected t-test would
+    count its folds twice. Redrawn (deterministically) until new, else refused."""
+    rows: list[np.ndarray] = []
+    seen: set[frozenset[frozenset[str]]] = set()
+    for r in range(repeats):
+        for attempt in range(tries):
+            f = _site_folds(sites, targets, n_classes, folds, seed, r, attempt)
+            if site_partition(f, sites) not in seen:
+                break
+        else:
+            raise InputError(f"--split site: {len(set(sites))} sites make only {len(seen)} different "
+                             f"{folds}-fold partition(s) (tried {tries} draws); --repeats {repeats} would "
+                             "repeat one, and the t-test would count its folds twice",
+                             fix=f"use --repeats {len(seen)}, fewer --folds, or --split patient")
+        seen.add(site_partition(f, sites))
+        rows.append(f)
+    return np.stack(rows)
+
+
 def _site_folds(sites: list[str], targets: np.ndarray, n_classes: int, folds: int, seed: int,
-                repeat: int) -> np.ndarray:
-    """Whole sites to folds, greedily balancing each fold's label counts (largest sites first; the
-    order among similar sizes and ties between folds drawn per repeat)."""
+                repeat: int, attempt: int = 0) -> np.ndarray:
+    """Whole sites to folds, greedily balancing each fold's label counts (repeat 0: largest sites
+    first; later repeats and redraws: the sites in a random order, ties between folds drawn)."""
     names, inverse = np.unique(np.asarray(sites), return_inverse=True)
     if len(names) < folds:
         raise InputError(f"--split site: only {len(names)} sites for {folds} folds",
                          fix=f"use --folds {max(2, len(names))} or fewer, or --split patient")
     counts = np.zeros((len(names), n_classes))
     np.add.at(counts, (inverse, targets), 1.0)
-    rng = np.random.default_rng([seed, repeat])
+    rng = np.random.default_rng([seed, repeat] if attempt == 0 else [seed, repeat, attempt])
     jitter = rng.random(len(names))
-    size = counts.sum(1) * (1 + 0.25 * jitter if repeat else 1)  # later repeats: another order
-    order = np.lexsort((jitter, -size))
+    # repeat 0: largest first (the best balance); later repeats: a random order, else a size jitter
+    # alone mostly reproduced repeat 0's partition with other fold labels
+    first = repeat == 0 and attempt == 0
+    order = np.lexsort((jitter, -counts.sum(1))) if first else rng.permutation(len(names))
     target = counts.sum(0) / folds
     load = np.zeros((folds, n_classes))
     site_fold = np.full(len(names), -1, dtype=np.int64)

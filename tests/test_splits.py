@@ -13,7 +13,15 @@ import pytest
 from brcatool import artifacts, stores
 from brcatool.cohort import load_cohort
 from brcatool.errors import InputError
-from brcatool.splits import get_splits, load_splits, patient_sites, splits_path, tcga_site
+from brcatool.splits import (
+    get_splits,
+    load_splits,
+    make_splits,
+    patient_sites,
+    site_partition,
+    splits_path,
+    tcga_site,
+)
 from brcatool.synth import make_prepared_workdir
 
 
@@ -38,10 +46,22 @@ def test_site_split_keeps_every_site_on_one_side(prepared) -> None:
             assert len(np.unique(c.targets[va])) == 2
         share = [c.targets[splits.fold[r] == k].mean() for k in range(4)]
         assert max(share) - min(share) < 0.35
-    assert not np.array_equal(splits.fold[0], splits.fold[1])  # repeats draw other assignments
+    # repeats are other partitions of the sites, not the same one with other fold labels
+    assert site_partition(splits.fold[0], splits.sites) != site_partition(splits.fold[1], splits.sites)
     again, created = get_splits(wd, c, folds=4, repeats=2, by="site")
     assert not created and np.array_equal(again.fold, splits.fold)
     assert load_splits(splits_path(wd, "site")).by == "site"
+
+
+def test_site_repeats_are_distinct_partitions_or_refused(prepared) -> None:
+    c = load_cohort(prepared.workdir, images=False)
+    splits = make_splits(c, folds=3, repeats=5, by="site")
+    parts = {site_partition(f, splits.sites) for f in splits.fold}
+    assert len(parts) == 5
+    four = [f"s{i % 4}" for i in range(c.n)]  # 4 sites in 4 folds: one partition only
+    assert make_splits(c, folds=4, repeats=1, by="site", sites=four).repeats == 1
+    with pytest.raises(InputError, match="only 1 different"):
+        make_splits(c, folds=4, repeats=2, by="site", sites=four)
 
 
 def test_sites_from_a_named_column_or_refused(prepared, tmp_path: Path) -> None:
