@@ -3,8 +3,9 @@
 Binary: F1 at a threshold, PR-AUC (= average precision), ROC-AUC, accuracy.
 Multiclass: macro F1, macro one-vs-rest PR-AUC and ROC-AUC, accuracy. One rule for every macro
 average: a class absent from the true labels is left out of it (a fold or resample without a rare
-subtype scores the classes it has). A metric that is undefined on the data (e.g. AUC with one
-class present) is NaN.
+subtype scores the classes it has). A metric that is undefined on the data is NaN: AUC, F1 and
+MCC with one class present (sklearn's zero_division / 0 would read as a real, terrible score and
+pull fold means and paired differences down).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def binary_metrics(y: Sequence[int] | np.ndarray, prob: Sequence[float] | np.nda
     pred = (prob >= threshold).astype(np.int64) if pred is None else np.asarray(pred, dtype=np.int64)
     two = len(np.unique(y)) == 2
     return {
-        "f1": _safe(lambda: skm.f1_score(y, pred, zero_division=0)),
+        "f1": _safe(lambda: skm.f1_score(y, pred, zero_division=0)) if two else math.nan,
         "pr_auc": _safe(lambda: skm.average_precision_score(y, prob)) if two else math.nan,
         "roc_auc": _safe(lambda: skm.roc_auc_score(y, prob)) if two else math.nan,
         "accuracy": _safe(lambda: skm.accuracy_score(y, pred)),
@@ -63,9 +64,10 @@ def multiclass_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray,
     def ovr(score: Callable[..., float]) -> float:
         return _ovr(score, y, probs, n_classes)
 
+    two = len(np.unique(y)) >= 2
     return {
         "f1": _safe(lambda: skm.f1_score(y, pred, average="macro", labels=sorted(set(y.tolist())),
-                                         zero_division=0)),
+                                         zero_division=0)) if two else math.nan,
         "pr_auc": _safe(lambda: ovr(skm.average_precision_score)),
         "roc_auc": _safe(lambda: ovr(skm.roc_auc_score)),
         "accuracy": _safe(lambda: skm.accuracy_score(y, pred)),
@@ -155,7 +157,7 @@ def eval_metrics(y: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5,
     pos = probs.reshape(len(probs), -1)[:, -1]
     if pred is None:
         pred = (pos >= threshold).astype(np.int64) if binary else probs.argmax(axis=1)
-    out["mcc"] = _safe(lambda: skm.matthews_corrcoef(y, pred))
+    out["mcc"] = _safe(lambda: skm.matthews_corrcoef(y, pred)) if len(np.unique(y)) >= 2 else math.nan
     out["balanced_accuracy"] = _safe(lambda: skm.balanced_accuracy_score(y, pred))
     if calibrated is not None:
         probs = np.asarray(calibrated, dtype=np.float64)
@@ -258,13 +260,15 @@ def weighted_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray,
     cm = np.einsum("bn,nc,nd->bcd", w, Y, Pr)  # (B, true, pred)
     total = w.sum(1)
     t, p, tp = cm.sum(2), cm.sum(1), np.diagonal(cm, axis1=1, axis2=2)
+    one_class = (t > 0).sum(1) < 2  # F1 and MCC undefined there (NaN, as in eval_metrics)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all-NaN rows (a resample with one class) stay NaN
         f1_c = np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
         recall = np.where(t > 0, tp / np.where(t > 0, t, 1), np.nan)
         cov = tp.sum(1) * total - (t * p).sum(1)
         den = np.sqrt((total**2 - (p * p).sum(1)) * (total**2 - (t * t).sum(1)))
-        out = {"accuracy": tp.sum(1) / total, "mcc": np.where(den > 0, cov / np.where(den > 0, den, 1), 0.0),
+        mcc = np.where(den > 0, cov / np.where(den > 0, den, 1), 0.0)
+        out = {"accuracy": tp.sum(1) / total, "mcc": np.where(one_class, np.nan, mcc),
                "balanced_accuracy": np.nanmean(np.where(t > 0, recall, np.nan), axis=1)}
         cal = probs if calibrated is None else np.asarray(calibrated, dtype=np.float64).reshape(probs.shape)
         sq = ((Y - cal) ** 2).sum(1) * (0.5 if C == 2 else 1.0)
@@ -283,4 +287,5 @@ def weighted_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray,
             warnings.simplefilter("ignore")
             out["roc_auc"] = np.where(ok, np.nanmean(roc, 1), np.nan)
             out["pr_auc"] = np.where(ok, np.nanmean(ap, 1), np.nan)
+    out["f1"] = np.where(one_class, np.nan, out["f1"])
     return {k: out[k] for k in EVAL_METRIC_NAMES}

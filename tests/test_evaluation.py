@@ -121,8 +121,9 @@ def test_rerun_skips_and_other_params_refuse(prepared, evaluated) -> None:
 
 
 def test_reloaded_undefined_fold_metrics_stay_nan(prepared, evaluated) -> None:
-    """JSON stores an undefined fold metric (e.g. MCC of a one-class fold) as null; reloading it
-    must give NaN again, so ablate's paired fold differences work on a re-run."""
+    """JSON stores an undefined fold metric as null (F1, MCC and AUC of a fold with one class are
+    NaN: ``test_metrics_ci``); reloading it must give NaN again, so ablate's paired fold
+    differences work on a re-run."""
     import math
 
     from brcatool.evaluation import load_result

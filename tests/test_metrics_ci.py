@@ -99,3 +99,19 @@ def test_bootstrap_undefined_metrics_are_nan() -> None:
     lo, hi = ci["accuracy"]  # defined without both classes; brackets the point estimate 0.5
     assert 0 <= lo < 0.5 < hi <= 1
     assert all(np.isnan(v).all() for v in M.bootstrap_ci(Y_BIN, P_BIN, n_boot=0).values())
+
+
+def test_f1_and_mcc_of_one_class_are_nan_not_zero() -> None:
+    """sklearn's zero_division gives 0 for a fold without positives; an undefined score must not
+    read as the worst one (it would pull fold means and paired differences down)."""
+    y1, p1 = np.zeros(6, dtype=int), np.linspace(0.1, 0.9, 6)
+    m = M.eval_metrics(y1, p1)
+    assert np.isnan(m["f1"]) and np.isnan(m["mcc"]) and np.isnan(m["roc_auc"])
+    assert m["accuracy"] == pytest.approx(0.5)  # still defined
+    multi = M.eval_metrics(np.full(5, 2), np.tile([0.2, 0.3, 0.5], (5, 1)))
+    assert np.isnan(multi["f1"]) and np.isnan(multi["mcc"]) and multi["accuracy"] == 1.0
+    w = np.array([[1.0] * 5 + [0.0] * 5, [1.0] * 10])  # resample 0 holds only the class-0 rows
+    y = np.r_[np.zeros(5, int), np.ones(5, int)]
+    got = M.weighted_metrics(y, np.stack([1 - P_BIN, P_BIN], 1), (P_BIN >= 0.5).astype(int), w)
+    assert np.isnan(got["f1"][0]) and np.isnan(got["mcc"][0]) and np.isfinite(got["accuracy"][0])
+    assert np.isfinite(got["f1"][1]) and np.isfinite(got["mcc"][1])
