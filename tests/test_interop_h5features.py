@@ -17,10 +17,14 @@ from brcatool.synth.foreign import (
     write_trident,
 )
 
+#: every registered layout, plus the variants of the real tools' output: TRIDENT ``--saveas pt`` (a pickled
+#: numpy array) and STAMP 2.0 (``tile_size`` before 2.1 named it ``tile_size_um``)
+VARIANTS = [(name, None) for name in sorted(LAYOUTS)] + [("pt", "trident"), ("stamp", "2.0.0")]
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_every_layout_reads_back_features_and_level0_coords(tmp_path, layout):
-    fs = make_foreign_features(tmp_path, layout, patients=3, patches=5, dim=8)
+
+@pytest.mark.parametrize(("layout", "variant"), VARIANTS)
+def test_every_layout_reads_back_features_and_level0_coords(tmp_path, layout, variant):
+    fs = make_foreign_features(tmp_path, layout, patients=3, patches=5, dim=8, variant=variant)
     found = LAYOUTS[layout].find(fs.source)
     assert sorted(s for s, _ in found) == sorted(fs.features)
     opts = ReadOptions(mpp=fs.mpp, coords_dir=fs.coords_dir)
@@ -46,6 +50,63 @@ def test_clam_and_trident_attributes_give_the_patch_geometry(tmp_path):
     with pytest.raises(InputError, match="no patch_size/patch_level"):
         geometry_from_attrs({}, ReadOptions(), tmp_path)
     assert geometry_from_attrs({}, ReadOptions(patch_size=300), tmp_path).size0 == 300.0
+
+
+def test_trident_records_its_encoder_and_a_magnification_mpp_is_marked_a_guess(tmp_path):
+    feats, coords = np.ones((2, 4), np.float32), np.array([[0, 0], [512, 0]])
+    path = write_trident(tmp_path, "uni_v1", "slideA", feats, coords)
+    with h5py.File(path) as f:  # as TRIDENT writes it: encoder on features, no slide size on coords
+        assert f["features"].attrs["encoder"] == "uni_v1" and "level0_width" not in f["coords"].attrs
+    sf = read_slide("trident", "slideA", path, ReadOptions())
+    assert sf.extractor == "uni_v1"
+    assert (sf.geometry.mpp0, sf.geometry.mpp_source) == (0.25, "magnification")
+    given = read_slide("trident", "slideA", path, ReadOptions(mpp=0.2634))
+    assert (given.geometry.mpp0, given.geometry.mpp_source) == (0.2634, None)
+
+
+def test_trident_pt_array_and_older_tensor_files_load_with_weights_only(tmp_path):
+    feats = np.arange(8, dtype=np.float32).reshape(2, 4)
+    coords = np.array([[0, 0], [512, 0]])
+    arr = write_trident(tmp_path / "a", "conch_v15", "s", feats, coords, saveas="pt")
+    ten = write_trident(tmp_path / "b", "conch_v15", "s", feats, coords, saveas="pt", tensor=True)
+    for path in (arr, ten):
+        sf = read_slide("pt", "s", path, ReadOptions(coords_dir=path.parent.parent / "patches"))
+        np.testing.assert_array_equal(sf.features, feats)
+        np.testing.assert_array_equal(sf.coords, coords)
+    import torch
+
+    torch.save({"x": [1, 2]}, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="does not hold a features tensor or array"):
+        read_slide("pt", "s", tmp_path / "bad.pt", ReadOptions(coords_dir=arr.parent.parent / "patches"))
+
+
+def test_stamp_tile_size_names_and_a_missing_size(tmp_path):
+    feats, coords_um = np.ones((2, 4), np.float16), np.array([[0.0, 0.0], [112.0, 0.0]])
+    for version in ("2.0.0", "2.1.0"):
+        path = write_stamp(tmp_path / version, "s", feats, coords_um, tile_size_um=112.0, version=version)
+        with h5py.File(path) as f:
+            assert ("tile_size" in f.attrs) == (version == "2.0.0") != ("tile_size_um" in f.attrs)
+        sf = read_slide("stamp", "s", path, ReadOptions(mpp=0.5))
+        assert (sf.geometry.size0, sf.geometry.out_size) == (224.0, 224)
+        np.testing.assert_array_equal(sf.coords, [[0, 0], [224, 0]])
+    with h5py.File(path, "a") as f:
+        del f.attrs["tile_size_um"]
+    with pytest.raises(InputError, match="unit 'um' but no tile_size_um") as exc:
+        read_slide("stamp", "s", path, ReadOptions(mpp=0.5))
+    assert "\n" not in exc.value.one_line()
+
+
+def test_stamp_folders_of_several_extractors_are_refused(tmp_path):
+    feats, coords_um = np.ones((2, 4), np.float16), np.array([[0.0, 0.0], [112.0, 0.0]])
+    write_stamp(tmp_path, "s1", feats, coords_um, extractor="virchow2")
+    write_stamp(tmp_path, "s2", feats, coords_um, extractor="ctranspath")
+    with pytest.raises(InputError, match=r"2 extractors.*ctranspath.*virchow2") as exc:
+        LAYOUTS["stamp"].find(tmp_path)
+    assert "pass the extractor's folder" in exc.value.one_line() and "\n" not in exc.value.one_line()
+    assert [s for s, _ in LAYOUTS["stamp"].find(tmp_path / "virchow2")] == ["s1"]
+    nested = tmp_path / "virchow2" / "batch2"  # STAMP mirrors the slide tree inside the extractor folder
+    write_stamp(nested, "s3", feats, coords_um, extractor="virchow2")
+    assert sorted(s for s, _ in LAYOUTS["stamp"].find(tmp_path / "virchow2")) == ["s1", "s3"]
 
 
 def test_trident_job_folder_with_one_features_folder_is_found(tmp_path):

@@ -159,3 +159,44 @@ def test_slides_table_by_slide_file_path(tmp_path):
     table.write_text("path\tmpp\nx.svs\tfast\n")
     with pytest.raises(InputError, match="row 1: mpp 'fast' is not a number"):
         read_slides_table(table)
+
+
+def test_mpp_source_prefers_given_values_and_a_magnification_guess_is_warned_once(tmp_path):
+    from brcatool.synth.slides import SlideSpec, write_slide
+
+    fs = make_foreign_features(tmp_path / "src", "trident", patients=3, patches=3, dim=4)
+    guessed = _import(Workdir(tmp_path / "a"), fs, "trident", mpp=None)
+    wd = Workdir(tmp_path / "a")
+    slides_t = artifacts.read_parquet(wd.slides_table, schema="slides")
+    assert slides_t["mpp_source"].to_list() == ["magnification"] * 3
+    assert slides_t["mpp"].to_list() == [0.25] * 3
+    assert len(guessed.warnings) == 1 and guessed.warnings[0].startswith("3 slide(s): µm/px guessed")
+    man = artifacts.read_json(wd.features_dir("ext") / "manifest.json")
+    assert man["counts"]["mpp_source"] == {"magnification": 3}
+    assert man["params"]["extractor"] == "uni_v1" and man["params"]["weights"] == "imported:trident:uni_v1"
+    # slides table: an mpp for one slide, a real slide file (0.2634 µm/px) for another, none for the third
+    sids = sorted(fs.features)
+    (tmp_path / "wsi").mkdir()
+    write_slide(tmp_path / "wsi" / "s.tiff", SlideSpec(width=600, height=400, subtype="LumA", seed=(1,),
+                                                         mpp=0.2634))
+    table = tmp_path / "slides.csv"
+    table.write_text(f"slide_id,path,mpp\n{sids[0]},,0.26\n{sids[1]},wsi/s.tiff,\n{sids[2]},,\n")
+    res = _import(Workdir(tmp_path / "b"), fs, "trident", mpp=None, slides_table=str(table))
+    rows = {r["slide_id"]: r for r in res.rows}
+    assert [(rows[s]["mpp_source"], rows[s]["mpp"]) for s in sids] == [
+        ("slides_table", 0.26), ("slide", pytest.approx(0.2634)), ("magnification", 0.25)]
+    assert (rows[sids[1]]["width"], rows[sids[1]]["height"]) == (600, 400)
+    assert res.warnings[0].startswith("1 slide(s)")
+    given = _import(Workdir(tmp_path / "c"), fs, "trident", mpp=0.24)
+    assert {r["mpp_source"] for r in given.rows} == {"mpp_option"} and not given.warnings
+
+
+def test_stamp_file_without_a_tile_size_is_a_failed_row(tmp_path):
+    fs = make_foreign_features(tmp_path / "src", "stamp", patients=3, patches=3, dim=4)
+    first = sorted(fs.source.rglob("*.h5"))[0]
+    with h5py.File(first, "a") as f:
+        del f.attrs["tile_size_um"]
+    res = _import(Workdir(tmp_path / "wd"), fs, "stamp")
+    (bad,) = [r for r in res.rows if r["status"] == "failed"]
+    assert "unit 'um' but no tile_size_um" in bad["error"] and "\n" not in bad["error"]
+    assert res.count("ok") == 2

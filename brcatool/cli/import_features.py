@@ -70,14 +70,17 @@ def import_features(
     failed = [r for r in res.rows if r["status"] == "failed"]
     if not quiet:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"import-features: {res.features_dir}", show_header=False)
         for k, v in (("format", cfg.format), ("slides imported", str(res.count("ok"))),
                      ("failed", str(len(failed))), ("patches", f"{res.n_patches:,}"),
                      ("dim", str(res.dim)), ("weights identity", res.params["weights"]),
                      ("seconds", f"{res.seconds:.1f}")):
-            table.add_row(k, v)
+            table.add_row(k, Text(v))  # plain text: "imported:trident:uni_v1" is no :emoji: code
         console.print(table)
+        for line in res.warnings:
+            console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
         for r in failed[:10]:
             console.print(f"[red]failed[/] {r['slide_id']}: {r['error']}", soft_wrap=True)
         if len(failed) > 10:

@@ -9,16 +9,21 @@ level-0 µm/px where the file records it). Layouts, as their tools write them:
   ``patch_size``, ``patch_level``, ``downsample``, ``level_dim``, ... on ``coords``; its feature files
   carry no attributes, so they are taken from ``--coords`` (CLAM's ``patches/`` folder) or
   ``--patch-size``. Looks in ``h5_files/`` when DIR itself holds no ``.h5``.
-- ``trident`` (TRIDENT ``features_<encoder>/<slide>.h5``): ``features`` + ``coords`` (level-0 px) with
-  ``patch_size``, ``patch_size_level0``, ``level0_magnification``, ``target_magnification``,
-  ``overlap`` (and ``level0_width``/``level0_height``) on ``coords``. DIR may be the job folder when it
-  holds exactly one ``features_*`` folder.
-- ``stamp`` (KatherLab STAMP): ``feats`` float16 + ``coords`` with file attributes ``unit`` (``um``),
-  ``tile_size_um``, ``tile_size_px``, ``extractor``; coordinates are level-0 µm, so the slide's µm/px
-  is needed (``--mpp``). Older STAMP files (no ``unit``; ``augmented`` rows) hold coordinates in px of
-  the 256 µm / 224 px tile grid; augmented rows are dropped.
-- ``pt`` (CLAM ``pt_files/<slide>.pt``, TRIDENT ``--saveas pt``): a tensor ``(N, D)``; coordinates
-  from ``--coords`` (``<slide>.h5`` or ``<slide>_patches.h5`` with a ``coords`` dataset).
+- ``trident`` (TRIDENT ``features_<encoder>/<slide>.h5``): ``features`` (attributes ``encoder``,
+  ``name``, ``savetodir``) + ``coords`` (level-0 px) with ``patch_size``, ``patch_size_level0``,
+  ``level0_magnification``, ``target_magnification``, ``overlap``, ``name``, ``savetodir`` on
+  ``coords`` (no slide width/height). ``level0_magnification`` is a bucket of the slide's mpp (< 0.3:
+  40, < 0.6: 20, ...), so the µm/px 10 / magnification derived from it is a guess: the importer prefers
+  ``--mpp``, the slides table or the slide file, and records ``mpp_source``. DIR may be the job folder
+  when it holds exactly one ``features_*`` folder.
+- ``stamp`` (KatherLab STAMP, ``<out>/<extractor>/<slide>.h5``): ``feats`` float16 + ``coords`` with
+  file attributes ``unit`` (``um``), ``tile_size_um`` (STAMP 2.0: ``tile_size``), ``tile_size_px``,
+  ``extractor``; coordinates are level-0 µm, so the slide's µm/px is needed (``--mpp``). Older STAMP
+  files (no ``unit``; ``augmented`` rows) hold coordinates in px of the 256 µm / 224 px tile grid;
+  augmented rows are dropped. Files of several extractors under DIR are refused.
+- ``pt`` (CLAM ``pt_files/<slide>.pt``, TRIDENT ``--saveas pt``): a tensor or a pickled numpy array
+  ``(N, D)`` (read with ``weights_only=True``, numpy's array classes allowed); coordinates from
+  ``--coords`` (``<slide>.h5`` or ``<slide>_patches.h5`` with a ``coords`` dataset).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Geometry:
     mpp0: float | None = None
     width0: int | None = None
     height0: int | None = None
+    mpp_source: str | None = None  # "magnification": 10 / TRIDENT's level0_magnification bucket (a guess)
 
 
 @dataclass
@@ -78,6 +84,7 @@ class Layout:
     subdir: str | None = None  # looked into when DIR holds no file with ``suffix``
     recursive: bool = False  # STAMP mirrors the slide folder's tree
     locate: Callable[[Path], Path] | None = None  # the file folder inside a job folder (TRIDENT)
+    check: Callable[[Path, list[Path]], None] | None = None  # refuses a mixed set of files (STAMP)
 
     def find(self, root: Path) -> list[tuple[str, Path]]:
         """(slide id, file) pairs, sorted; the slide id is the file name without its suffix."""
@@ -89,6 +96,8 @@ class Layout:
             files = _files(root / self.subdir, self.suffix, False)
         if not files and self.locate is not None:
             files = _files(self.locate(root), self.suffix, False)
+        if files and self.check is not None:
+            self.check(root, files)
         return [(p.name[: -len(self.suffix)], p) for p in files]
 
 
@@ -107,6 +116,28 @@ def _trident_features_dir(root: Path) -> Path:
     names = ", ".join(str(d.relative_to(root)) for d in dirs[:4])
     raise InputError(f"holds several TRIDENT feature folders ({names})", path=root,
                      fix="pass one features_<encoder> folder as DIR")
+
+
+def _stamp_one_extractor(root: Path, files: list[Path]) -> None:
+    """STAMP writes one subfolder per extractor: refuse a DIR whose files come from several (the
+    ``extractor`` attribute, else the top-level subfolder)."""
+    import h5py
+
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        try:
+            with h5py.File(path, "r") as h5:
+                name = h5.attrs.get("extractor")
+        except OSError:
+            continue  # unreadable: its own failed row later
+        rel = path.relative_to(root).parts
+        key = str(_plain(name)) if name is not None else (f"folder {rel[0]}" if len(rel) > 1 else "")
+        groups.setdefault(key, []).append(path)
+    if len(groups) > 1:
+        shown = "; ".join(f"{k or '(none)'}: {len(v)} file(s), e.g. {v[0].relative_to(root)}"
+                          for k, v in sorted(groups.items()))
+        raise InputError(f"holds STAMP features of {len(groups)} extractors ({shown})", path=root,
+                         fix="pass the extractor's folder (e.g. DIR/<extractor>) as DIR")
 
 
 LAYOUTS: dict[str, Layout] = {}
@@ -177,10 +208,8 @@ def geometry_from_attrs(attrs: dict[str, Any], opts: ReadOptions, path: Path) ->
     mag0, mag = _number(attrs, "level0_magnification"), _number(attrs, "target_magnification")
     size0 = _number(attrs, "patch_size_level0") or (ps * mag0 / mag if ps and mag0 and mag else None)
     if size0 is not None and ps is not None:  # TRIDENT (older files: no patch_size_level0)
-        w0, h0 = _number(attrs, "level0_width"), _number(attrs, "level0_height")
-        return Geometry(size0=float(size0), out_size=int(ps), level=0,
-                        mpp0=10.0 / mag0 if mag0 else None, width0=int(w0) if w0 else None,
-                        height0=int(h0) if h0 else None)
+        return Geometry(size0=float(size0), out_size=int(ps), level=0, mpp0=10.0 / mag0 if mag0 else None,
+                        mpp_source="magnification" if mag0 else None)
     if ps is not None and _number(attrs, "patch_level") is not None:  # CLAM
         level = int(_number(attrs, "patch_level"))
         ds = _number(attrs, "downsample")
@@ -245,7 +274,7 @@ def _finish(slide_id: str, path: Path, features: np.ndarray, coords: np.ndarray,
     if geom.size0 <= 0 or geom.out_size <= 0:
         raise InputError(f"patch size {geom.size0} is not positive", path=path)
     if opts.mpp is not None:
-        geom.mpp0 = opts.mpp
+        geom.mpp0, geom.mpp_source = opts.mpp, None
     xy = np.rint(coords.astype(np.float64)).astype(np.int64)
     return SlideFeatures(slide_id, path, features.astype(np.float32), xy, geom, extractor, attrs or {})
 
@@ -257,6 +286,7 @@ def _read_features_coords(slide_id: str, path: Path, opts: ReadOptions) -> Slide
         features = _dataset(h5, "features", path)
         coords = _dataset(h5, "coords", path)
         attrs = _attrs(h5["coords"])
+        encoder = _attrs(h5["features"]).get("encoder")  # TRIDENT stamps it on the features dataset
     try:
         geom = geometry_from_attrs(attrs, ReadOptions(), path)
     except InputError:
@@ -265,7 +295,8 @@ def _read_features_coords(slide_id: str, path: Path, opts: ReadOptions) -> Slide
             geom, attrs = geometry_from_attrs(cattrs, opts, cpath), cattrs
         else:
             geom = geometry_from_attrs(attrs, opts, path)
-    return _finish(slide_id, path, features, coords, geom, opts, attrs=attrs)
+    return _finish(slide_id, path, features, coords, geom, opts, attrs=attrs,
+                   extractor=str(encoder) if encoder else None)
 
 
 def _read_stamp(slide_id: str, path: Path, opts: ReadOptions) -> SlideFeatures:
@@ -282,32 +313,53 @@ def _read_stamp(slide_id: str, path: Path, opts: ReadOptions) -> SlideFeatures:
         raise InputError("STAMP files do not record the slide's µm/px", path=path,
                          fix="pass --mpp (level-0 µm/px) or an mpp column in --slides-table")
     unit = str(attrs.get("unit", "")).lower()
-    tile_um = _number(attrs, "tile_size_um") or STAMP_V1_TILE_UM
-    tile_px = int(_number(attrs, "tile_size_px") or STAMP_V1_TILE_PX)
+    tile_um = _number(attrs, "tile_size_um") or _number(attrs, "tile_size")  # STAMP 2.0: tile_size (µm)
+    tile_px = _number(attrs, "tile_size_px") or STAMP_V1_TILE_PX
     if unit in ("um", "µm", "micron", "microns"):
+        if tile_um is None:  # the 256 µm default belongs to v1 files only (no unit)
+            raise InputError("unit 'um' but no tile_size_um (or STAMP 2.0 tile_size) attribute: the tile "
+                             "side in µm is unknown", path=path, fix="re-extract this slide with STAMP 2.x")
         coords0 = coords / opts.mpp
-    elif not unit:  # STAMP v1: px of the tile grid (tile_um / tile_px µm per px)
+    elif not unit:  # STAMP v1: px of the tile grid (256 µm / 224 px unless the file says otherwise)
+        tile_um = tile_um or STAMP_V1_TILE_UM
         coords0 = coords * (tile_um / tile_px) / opts.mpp
     else:
         raise InputError(f"coordinate unit {unit!r} is not known", path=path, fix="expected 'um'")
+    tile_px = int(tile_px)
     geom = Geometry(size0=tile_um / opts.mpp, out_size=tile_px, level=0)
     extractor = attrs.get("extractor")
     return _finish(slide_id, path, feats, coords0, geom, opts,
                    extractor=str(extractor) if extractor else None, attrs=attrs)
 
 
+def _numpy_safe_globals() -> list[Any]:
+    """What unpickling a numpy array needs (TRIDENT ``--saveas pt`` saves ``torch.save(ndarray)``):
+    the reconstructor under its numpy 2 and numpy 1 names, ndarray, dtype and its classes."""
+    core = getattr(np, "_core", None) or np.core
+    rebuild = core.multiarray._reconstruct
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [rebuild, (rebuild, "numpy.core.multiarray._reconstruct"),
+            (rebuild, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype, *dtypes]
+
+
 def _read_pt(slide_id: str, path: Path, opts: ReadOptions) -> SlideFeatures:
     import torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # still weights_only: numpy's array classes are the only globals allowed
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"cannot read as a torch tensor ({type(exc).__name__})", path=path) from None
+        raise InputError(f"cannot read as a torch tensor or numpy array ({type(exc).__name__})",
+                         path=path) from None
     if isinstance(obj, dict):
         obj = obj.get("features", obj.get("feats"))
-    if not isinstance(obj, torch.Tensor):
-        raise InputError("does not hold a features tensor", path=path, fix="save it with torch.save(tensor)")
-    features = obj.detach().float().cpu().numpy()
+    if isinstance(obj, torch.Tensor):
+        features = obj.detach().float().cpu().numpy()
+    elif isinstance(obj, np.ndarray) and obj.dtype.kind in "fiu":
+        features = obj.astype(np.float32)
+    else:
+        raise InputError("does not hold a features tensor or array", path=path,
+                         fix="save it with torch.save(tensor) or torch.save(ndarray)")
     coords, attrs, cpath = _read_coords_file(opts, slide_id, path)
     return _finish(slide_id, path, features, coords, geometry_from_attrs(attrs, opts, cpath), opts,
                    attrs=attrs)
@@ -318,8 +370,9 @@ register(Layout("clam", ".h5", "CLAM extract_features_fp: features + coords (att
 register(Layout("trident", ".h5", "TRIDENT features_<encoder>/: features + coords with TRIDENT attributes",
                 _read_features_coords, locate=_trident_features_dir))
 register(Layout("stamp", ".h5", "KatherLab STAMP: feats + coords (µm; needs --mpp)", _read_stamp,
-                recursive=True))
-register(Layout("pt", ".pt", "torch .pt feature tensors + --coords .h5 files", _read_pt, subdir="pt_files"))
+                recursive=True, check=_stamp_one_extractor))
+register(Layout("pt", ".pt", "torch .pt feature tensors or numpy arrays + --coords .h5 files", _read_pt,
+                subdir="pt_files"))
 
 
 def read_slide(layout: str | Layout, slide_id: str, path: Path, opts: ReadOptions) -> SlideFeatures:

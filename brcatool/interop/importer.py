@@ -6,6 +6,12 @@ pixels: ``patches.zarr`` is not made), so ``prep-expr``, ``train``, ``evaluate``
 unchanged. A file that cannot be used (unreadable, features/coords length mismatch, another feature
 dimension than the other slides, NaN, no µm/px) becomes a ``failed`` row with a one-line error; the
 other slides go on.
+
+A slide's level-0 µm/px comes from, in order: the slides table's ``mpp``, ``--mpp``, the slide file the
+table's ``path`` names (openslide), the feature file (TRIDENT: 10 / ``level0_magnification``, a bucket
+and so a guess). ``slides.parquet`` (column ``mpp_source``) and the manifest record which; the guess
+is warned about once, with the count. The extractor a file records (TRIDENT ``encoder`` on
+``features``, STAMP ``extractor``) is the manifest's ``extractor`` and part of its ``weights``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from brcatool.interop import h5features
 from brcatool.interop.h5features import ReadOptions, SlideFeatures
 
 STAGE = "import-features"
+#: slides.parquet columns of an import: tile's, plus where each slide's µm/px came from
+SLIDE_COLUMNS = {**tiling.SLIDE_COLUMNS, "mpp_source": "string"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -64,6 +72,7 @@ class ImportResult:
     n_patches: int
     seconds: float
     params: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.rows)
@@ -160,6 +169,7 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
         extractors = sorted({sf.extractor for sf, _ in kept if sf.extractor})
         params = {"encoder": cfg.encoder, "weights": f"imported:{cfg.format}" + (
                       f":{','.join(extractors)}" if extractors else ""),
+                  "extractor": ",".join(extractors) or None,
                   "dim": int(dim), "views": 1, "input_size": None, "normalisation": None, "stain_norm": None,
                   "precision": "imported", "dtype": "float16", "import": request}
         patch_rows = _patch_table(kept)
@@ -172,13 +182,14 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
                     "dim": pl.Int64})
         artifacts.write_parquet(index, swd.features_index(cfg.encoder), schema="features")
         artifacts.write_parquet(patch_rows, swd.patches_table, schema="patches")
-        slide_table = pa.Table.from_pylist([{k: r.get(k) for k in tiling.SLIDE_COLUMNS} for r in rows],
-                                           schema=tiling.arrow_schema(tiling.SLIDE_COLUMNS))
+        slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in rows],
+                                           schema=tiling.arrow_schema(SLIDE_COLUMNS))
         artifacts.write_parquet(slide_table, swd.slides_table, schema="slides")
         write_yaml(cfg, swd.features_dir(cfg.encoder) / "config.yaml")
         n_patches = int(patch_rows.num_rows)
+        sources = Counter(r["mpp_source"] for _, r in kept)
         counts = {"files": len(files), "slides": len(kept), "failed": len(rows) - len(kept),
-                  "patches": n_patches}
+                  "patches": n_patches, "mpp_source": dict(sorted(sources.items()))}
         manifest = Manifest(STAGE, params)
         for _, path in files:
             manifest.add_input(path)
@@ -193,8 +204,13 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
         for p in (wd.patches_zarr, wd.root / tiling.PARTS):
             shutil.rmtree(p, ignore_errors=True)
         wd.stage_manifest("tile").unlink()
+    warnings = []
+    if sources.get("magnification"):
+        warnings.append(f"{sources['magnification']} slide(s): µm/px guessed as 10 / level0_magnification "
+                        "(TRIDENT's magnification bucket, not the scanner's value); pass --mpp or an "
+                        "mpp/path column in --slides-table (mpp_source in slides.parquet)")
     return ImportResult(wd.root, cfg.encoder, fdir, rows, int(dim), n_patches, time.perf_counter() - t0,
-                        params)
+                        params, warnings)
 
 
 def _import_files(wd: Workdir, layout: h5features.Layout, files: list[tuple[str, Path]],
@@ -213,8 +229,9 @@ def _import_files(wd: Workdir, layout: h5features.Layout, files: list[tuple[str,
             rows.append(_failed(sid, path, patient, "duplicate slide id (another file has the same name)"))
             continue
         seen.add(sid)
-        opts = ReadOptions(mpp=info.get("mpp") or cfg.mpp, patch_size=cfg.patch_size, coords_dir=coords_dir)
         try:
+            mpp, source, size = _given_mpp(info, cfg)
+            opts = ReadOptions(mpp=mpp, patch_size=cfg.patch_size, coords_dir=coords_dir)
             sf = h5features.read_slide(layout, sid, path, opts)
             if sf.geometry.mpp0 is None:
                 raise InputError("records no µm/px", path=path,
@@ -222,6 +239,9 @@ def _import_files(wd: Workdir, layout: h5features.Layout, files: list[tuple[str,
         except BrcaError as exc:
             rows.append(_failed(sid, path, patient, exc.one_line()))
             continue
+        source = source or sf.geometry.mpp_source or "file"
+        if size is not None and sf.geometry.width0 is None:
+            sf.geometry.width0, sf.geometry.height0 = size
         array = stores.write_features(wd, cfg.encoder, sid, sf.features[None],
                                       attrs={"source": str(path), "format": cfg.format})
         g, (n, d) = sf.geometry, sf.features.shape
@@ -229,12 +249,29 @@ def _import_files(wd: Workdir, layout: h5features.Layout, files: list[tuple[str,
         row = {"slide_id": sid, "patient_id": patient, "path": info.get("path"), "status": "ok",
                "error": None,
                "width": g.width0, "height": g.height0, "mpp": g.mpp0, "n_candidates": n, "n_patches": n,
-               "dim": d, "array": array, "seconds": time.perf_counter() - t1}
+               "mpp_source": source, "dim": d, "array": array, "seconds": time.perf_counter() - t1}
         rows.append(row)
         kept.append((sf, row))
     if not kept:
         raise InputError(f"no usable feature file among {len(files)}: " + rows[0]["error"], path=cfg.source)
     return rows, kept
+
+
+def _given_mpp(info: dict[str, Any], cfg: ImportConfig,
+               ) -> tuple[float | None, str | None, tuple[int, int] | None]:
+    """(level-0 µm/px, its source, the slide's level-0 size) from the slides table's mpp, --mpp or the
+    slide file the table names; (None, None, None): the feature file's own (maybe guessed) value."""
+    if info.get("mpp"):
+        return float(info["mpp"]), "slides_table", None
+    if cfg.mpp:
+        return float(cfg.mpp), "mpp_option", None
+    if info.get("path") and Path(info["path"]).exists():  # absent here: the file's own value
+        slide = slides.open_slide(info["path"])
+        try:
+            return slides.slide_mpp(slide, path=info["path"]), "slide", tuple(slide.dimensions)
+        finally:
+            slide.close()
+    return None, None, None
 
 
 def _keep_majority_dim(kept: list[tuple[SlideFeatures, dict[str, Any]]]) -> int:
