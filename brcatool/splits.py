@@ -131,6 +131,36 @@ def check_folds(cohort: Cohort, folds: int, usable: np.ndarray | None = None, *,
                          f"{folds} folds", fix=f"use --folds {max(2, int(counts.max()))} or fewer")
 
 
+def check_training_folds(splits: Splits, targets: np.ndarray, classes: list[str], usable: np.ndarray, *,
+                         why: str = "") -> None:
+    """Refuse in one line, before anything trains, a split with a (repeat, fold) whose usable
+    training side lacks a class the cohort has, or whose validation side is empty (a class in one
+    site under --split site, or a rare class after dropping missing modalities)."""
+    present_all = sorted(set(np.unique(targets[usable]).tolist()))
+    for r in range(splits.repeats):
+        for k in range(splits.folds):
+            tr, va = splits.indices(r, k)
+            tr, va = tr[usable[tr]], va[usable[va]]
+            lacking = [c for c in present_all if not (targets[tr] == c).any()]
+            if len(va) and not lacking:
+                continue
+            where = f"fold {k}{f' (repeat {r})' if splits.repeats > 1 else ''}{why}"
+            fewer = f"use --folds {max(2, splits.folds - 1)} or fewer"
+            if not len(va):
+                raise InputError(f"{where} has no usable validation patients", path=splits.path, fix=fewer)
+            name = classes[lacking[0]]
+            if splits.by == "site":
+                arr = np.asarray(splits.sites)
+                at = sorted(set(arr[usable & (targets == lacking[0])].tolist()))
+                raise InputError(f"{where}: no {name!r} patient left to train on (class {name!r} is only "
+                                 f"at site(s) {', '.join(at[:5])}, all validated in this fold)",
+                                 path=splits.path, fix=(
+                                     "use --split patient, or add patients of that class from other sites"
+                                     if len(at) < 2 else f"use --folds {min(len(at), splits.folds - 1)} "
+                                     "(its sites can then sit in different folds), or --split patient"))
+            raise InputError(f"{where}: no {name!r} patient left to train on", path=splits.path, fix=fewer)
+
+
 def save_splits(splits: Splits, path: Path) -> Path:
     artifacts.write_json(path, splits.to_json())
     splits.path = Path(path)

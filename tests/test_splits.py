@@ -105,3 +105,23 @@ def test_only_primary_tumour_slides_join_by_default(tmp_path: Path) -> None:
     assert everything.left_out == {} and everything.mask[i].sum() == 7
     diagnostic = load_cohort(wd, keep_all_samples=True, slide_types=["DX"])
     assert diagnostic.left_out == {"slide type TS": 1} and diagnostic.mask[i].sum() == 3
+
+
+def test_a_class_at_one_site_is_refused_before_any_fold_trains(tmp_path: Path, monkeypatch) -> None:
+    from brcatool.training import TrainConfig, run_train
+    from brcatool.training import stage
+
+    pw = make_prepared_workdir(tmp_path / "w", patients=30, patches=2, dim=4, genes=6, seed=8)
+    c = load_cohort(pw.workdir, images=False)
+    pos = c.classes[1]
+    others = iter(["b", "c", "d"] * c.n)
+    centers = ["a" if c.classes[t] == pos else next(others) for t in c.targets]
+    table = tmp_path / "clinical.tsv"
+    pl.DataFrame({"sample": c.patient_ids, "center": centers}).write_csv(table, separator="\t")
+    trained = []
+    real = stage.train_fold
+    monkeypatch.setattr(stage, "train_fold", lambda *a, **k: trained.append(1) or real(*a, **k))
+    cfg = TrainConfig(fusion="gene", folds=3, epochs=1, split="site", site_column=f"{table}:center", name="s")
+    with pytest.raises(InputError, match=rf"no '{pos}' patient left to train on.*site\(s\) a") as err:
+        run_train(pw.workdir, cfg, progress=False)
+    assert "--split patient" in err.value.fix and not trained

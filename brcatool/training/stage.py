@@ -18,7 +18,15 @@ from brcatool.artifacts import Manifest, Workdir
 from brcatool.cohort import Cohort, load_cohort
 from brcatool.devices import torch_device
 from brcatool.errors import ArtifactError
-from brcatool.splits import Splits, check_folds, get_splits, load_splits, save_splits, splits_path
+from brcatool.splits import (
+    Splits,
+    check_folds,
+    check_training_folds,
+    get_splits,
+    load_splits,
+    save_splits,
+    splits_path,
+)
 from brcatool.training.batching import eligible, oof_probs
 from brcatool.training.fold import FoldOutput, is_big, train_fold
 from brcatool.training.settings import TrainConfig
@@ -306,6 +314,7 @@ def run_train(workdir: Path | Workdir, cfg: TrainConfig, *, progress: bool = Tru
     if ok.sum() < 2 * splits.folds:
         raise ArtifactError(f"only {int(ok.sum())} patients have the modalities {cfg.fusion!r} needs",
                             path=wd.root, fix="check embed/prep-expr outputs, or try --missing mask")
+    check_training_folds(splits, cohort.targets, cohort.classes, ok, why=f" for {cfg.fusion!r}")
 
     import torch
 
