@@ -18,7 +18,6 @@ shuffled among the patients that have images, within folds (what the pairing add
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ DEFAULT_FUSIONS = ("gene", "image", "concat", "late", "xattn")
 UNIMODAL = ("gene", "image")
 SANITY_KINDS = ("permuted-labels", "shuffled-images")
 NULL_METRICS = ("roc_auc", "pr_auc", "f1", "mcc")
+NULL_SCHEME = "within-validation-folds"  # how null.parquet's labels were permuted (older tables: redone)
 
 
 @dataclass
@@ -222,9 +222,14 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     pairs = {s.label: paired(scored[s.label], scored[ref], restrict(oofs[s.label], common),
                              restrict(oofs[ref], common), common, classes, folds=cfg.folds,
                              n_boot=cfg.bootstrap, seed=cfg.seed)
-             for s in specs if ref and s.label != ref}
+             for s in specs if ref and s.label != ref and s.kind == "model"}  # sanity rows: other labels
+    flat = sorted(label for label, d in pairs.items() if any(v["diff_sd"] == 0 for v in d.values()))
+    if flat:
+        notes.append(f"no t-test p for {', '.join(flat)} on a metric whose per-fold differences are all "
+                     "equal (zero variance: the test is undefined, shown as –)")
+    null_table = None
     if cfg.sanity and cfg.permutations:
-        null = _label_null(wd, cfg, specs, oofs, classes, console, progress, full_cohort, source)
+        null, null_table = _label_null(wd, cfg, specs, oofs, classes, console, progress, full_cohort, source)
     summary = summary_table(specs, scored, pairs, ref, dropped, null)
     md = markdown(summary, cfg, ref, evals, notes, null)
     plots: list[Path] = []
@@ -232,8 +237,8 @@ def run_ablate(workdir: Path | Workdir, cfg: AblateConfig, *, progress: bool = T
     with replacing(wd, [out_dir], tag="ablate") as staged:
         new_dir = staged.at(out_dir)
         new_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / "null.parquet").is_file():  # made (or checked and reused) by this run above
-            shutil.copy2(out_dir / "null.parquet", new_dir / "null.parquet")
+        if null_table is not None:  # made (or an identical one reused) by this run above
+            artifacts.write_parquet(null_table, new_dir / "null.parquet", schema="summary")
         artifacts.write_parquet(summary, new_dir / "summary.parquet", schema="summary")
         artifacts.write_text(new_dir / "summary.md", md)
         if cfg.plots:
@@ -376,17 +381,19 @@ def _cached_null(wd: Workdir, cfg: AblateConfig, base: ModelSpec) -> Any:
     path = wd.ablation_dir(cfg.name) / "null.parquet"
     if path.is_file() and not cfg.overwrite:
         old = artifacts.read_parquet(path, schema="summary")
-        if old.height == cfg.permutations and set(old["run"].unique().to_list()) == {base.run}:
+        if (old.height == cfg.permutations and set(old["run"].unique().to_list()) == {base.run}
+                and "scheme" in old.columns and set(old["scheme"].to_list()) == {NULL_SCHEME}):
             return old
     return None
 
 
 def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: dict[str, Any],
                 classes: list[str], console: Any, progress: bool,
-                full_cohort: Callable[[], Any], source: Callable[..., Any]) -> dict[str, Any]:
-    """The chosen fusion re-fitted on ``cfg.permutations`` label permutations (nothing written but
-    ``null.parquet``, reused while the ablation's parameters match): pooled scores of each, and the
-    empirical p-value of the real run's pooled score on its own patients."""
+                full_cohort: Callable[[], Any], source: Callable[..., Any]) -> tuple[dict[str, Any], Any]:
+    """The chosen fusion re-fitted on ``cfg.permutations`` label permutations (nothing written; the
+    caller stores the table as ``null.parquet``, reused while the ablation's parameters match):
+    pooled scores of each, and the empirical p-value of the real run's pooled score on its own
+    patients (``n_patients`` of them, the null's patients too)."""
     import polars as pl
 
     from brcatool.evaluation import pooled_metrics
@@ -395,7 +402,6 @@ def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: di
 
     fusion = cfg.chosen_fusion()
     base = next(s for s in specs if s.fusion == fusion and s.kind == "model")
-    path = wd.ablation_dir(cfg.name) / "null.parquet"
     meta = {"fusion": fusion, "run": base.run, "permutations": cfg.permutations, "params": cfg.params()}
     table = _cached_null(wd, cfg, base)
     if table is None:
@@ -409,18 +415,17 @@ def _label_null(wd: Workdir, cfg: AblateConfig, specs: list[ModelSpec], oofs: di
             labels = with_variant(c, ("permuted-labels", seed), splits, cfg.missing)  # within folds
             oof = oof_only(labels, splits, tcfg, progress=False, workdir=wd,
                            source=source(("permuted-labels", seed)))
-            rows.append({"permutation": i, "seed": seed, "run": base.run,
+            rows.append({"permutation": i, "seed": seed, "run": base.run, "scheme": NULL_SCHEME,
                          **{m: pooled_metrics(oof, classes)[m] for m in NULL_METRICS}})
         table = pl.DataFrame(rows)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        artifacts.write_parquet(table, path, schema="summary")  # a table of the ablation's summaries
     real = pooled_metrics(oofs[base.label], classes)
-    out: dict[str, Any] = {**{k: v for k, v in meta.items() if k != "params"}, "metrics": {}}
+    out: dict[str, Any] = {**{k: v for k, v in meta.items() if k != "params"}, "metrics": {},
+                           "n_patients": int(oofs[base.label]["patient_id"].n_unique())}
     for m in NULL_METRICS:
         v = table[m].to_numpy()
         out["metrics"][m] = {"real": real[m], "null_mean": float(np.nanmean(v)),
                              "null_q95": float(np.nanquantile(v, 0.95)), "p": empirical_p(real[m], v)}
-    return out
+    return out, table
 
 
 # --------------------------------------------------------------------------- checks

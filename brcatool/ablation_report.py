@@ -43,11 +43,13 @@ def summary_table(specs: list[ModelSpec], scored: dict[str, Any], pairs: dict[st
             d = pairs.get(s.label, {}).get(m, {})
             for k in DIFF_KEYS:
                 row[f"{m}_{k}"] = d.get(k, 0 if k == "diff_wins" else math.nan)
-        for m in ("roc_auc", "pr_auc"):
-            tested = null and s.kind == "model" and s.run == null.get("run")
+        tested = bool(null) and s.kind == "model" and s.run == null.get("run")
+        for m in ("roc_auc", "pr_auc"):  # the p compares the run on its own patients, not the common ones
+            row[f"{m}_perm_real"] = null["metrics"][m]["real"] if tested else math.nan
             row[f"{m}_perm_p"] = null["metrics"][m]["p"] if tested else math.nan
+        row["perm_n"] = int(null.get("n_patients", 0)) if tested else 0
         rows.append(row)
-    ints = ("n_patients", "n_left_out", "folds", *(f"{m}_diff_wins" for m in SUMMARY_METRICS))
+    ints = ("n_patients", "n_left_out", "folds", "perm_n", *(f"{m}_diff_wins" for m in SUMMARY_METRICS))
     return pl.DataFrame(rows).with_columns(pl.col(*ints).cast(pl.Int64))
 
 
@@ -106,16 +108,20 @@ def markdown(summary: Any, cfg: AblateConfig, ref: str | None, evals: dict[str, 
         lines.append(f"| {name} | " + " | ".join(f"{_f(r[f'{m}_mean'])} ± {_f(r[f'{m}_sd'])}"
                                                   for m in TABLE_METRICS) + " |")
     if cfg.sanity:
-        lines += ["", "*Italic rows are sanity checks*: permuted labels should score near chance "
-                  "(ROC-AUC ≈ 0.5, MCC ≈ 0); shuffled images (bags permuted among patients with images, "
-                  "within folds) show what the pairing of image and patient adds."]
+        lines += ["", "*Italic rows are sanity checks*: permuted labels (within each validation fold) should "
+                  "score near chance (ROC-AUC ≈ 0.5, MCC ≈ 0); shuffled images (bags permuted among patients "
+                  "with images, within folds) show what the pairing of image and patient adds. They get no "
+                  "Δ or p: their labels or bags differ from the reference's, so a paired difference would "
+                  "compare two different tasks."]
     if null:
         parts = [f"{LABELS[m]} {_f(v['real'])} vs null mean {_f(v['null_mean'])} (95th percentile "
                  f"{_f(v['null_q95'])}), p = {_p(v['p'])}" for m, v in null["metrics"].items()
                  if m in ("roc_auc", "pr_auc")]
         lines += ["", f"Label-permutation null: `{null['fusion']}` re-fitted on {null['permutations']} label "
                   f"permutations of the same split; empirical p = (1 + #null ≥ real) / "
-                  f"({null['permutations']} + 1) for the real run on its own patients: "
+                  f"({null['permutations']} + 1) for the real run on its own {null.get('n_patients', '?')} "
+                  "patients (summary.parquet: `<metric>_perm_real`, `perm_n`; not the common-patient "
+                  "value above): "
                   + "; ".join(parts) + "."]
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"

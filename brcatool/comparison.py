@@ -65,8 +65,8 @@ def nadeau_bengio(diffs: np.ndarray, test_over_train: float) -> tuple[float, flo
     if d.size < 2:
         return math.nan, math.nan
     var = d.var(ddof=1)
-    if var == 0:
-        return (math.nan, math.nan) if d.mean() == 0 else (math.copysign(math.inf, d.mean()), 0.0)
+    if var == 0:  # every fold differs by the same amount: the test is undefined (not p = 0)
+        return math.nan, math.nan
     t = d.mean() / math.sqrt((1 / d.size + test_over_train) * var)
     return float(t), float(2 * stats.t.sf(abs(t), df=d.size - 1))
 
@@ -83,7 +83,8 @@ def paired_bootstrap(model_oof: Any, ref_oof: Any, patients: list[str], classes:
     """Percentile CI of pooled(model) - pooled(reference) under the same patient resamples."""
     from brcatool.evaluation import repeat_parts
 
-    sides = [(1.0, repeat_parts(model_oof, patients, classes)), (-1.0, repeat_parts(ref_oof, patients, classes))]
+    sides = [(1.0, repeat_parts(model_oof, patients, classes)),
+             (-1.0, repeat_parts(ref_oof, patients, classes))]
     return M.resampled_pooled(sides, len(patients), n_boot=n_boot, seed=seed, alpha=alpha)
 
 

@@ -141,6 +141,32 @@ def test_sanity_permutation_lands_near_chance(ablated) -> None:
     assert (null["roc_auc"] < real["roc_auc_pooled"]).all() and null["roc_auc"].mean() < 0.75
     assert ablated.null["metrics"]["roc_auc"]["p"] == pytest.approx(0.25)
     assert real["roc_auc_perm_p"] == pytest.approx(0.25)
+    # the p-value's real score is the run on its own 48 patients, labelled as such beside the
+    # common-patient pooled value
+    assert real["perm_n"] == 48
+    assert real["roc_auc_perm_real"] == pytest.approx(ablated.null["metrics"]["roc_auc"]["real"])
+    assert "own 48 patients" in (ablated.out_dir / "summary.md").read_text()
+    assert set(null["scheme"].to_list()) == {"within-validation-folds"}
+    # sanity rows: other labels or bags than the reference, so no paired difference or p
+    for row in (perm, rows["shuffled-images"]):
+        assert np.isnan(row["pr_auc_diff_pooled"]) and np.isnan(row["roc_auc_diff_p"]), row["model"]
+    assert "no Δ or p" in (ablated.out_dir / "summary.md").read_text()
+
+
+def test_a_failed_ablation_leaves_no_null_table_in_the_live_folder(prepared, monkeypatch) -> None:
+    real_write = artifacts.write_text
+
+    def failing(path, *a, **k):
+        if str(path).endswith("summary.md"):
+            raise OSError("disk full")
+        return real_write(path, *a, **k)
+
+    monkeypatch.setattr(artifacts, "write_text", failing)
+    cfg = AblateConfig(fusions=["gene", "image"], sanity=True, permutations=1, name="fails",
+                       **{**FAST, "epochs": 2, "bootstrap": 0, "plots": False})
+    with pytest.raises(OSError, match="disk full"):
+        run_ablate(prepared.workdir, cfg, progress=False)
+    assert not (prepared.workdir.ablation_dir("fails") / "null.parquet").exists()
 
 
 def test_shuffled_images_move_bags_only_within_folds_among_patients_with_images(prepared) -> None:

@@ -3,8 +3,6 @@ corrected t-test's degenerate cases."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import polars as pl
 
@@ -46,3 +44,11 @@ def test_one_repeat_ci_equals_the_plain_patient_bootstrap() -> None:
     ref = M.bootstrap_ci(oof["target"].to_numpy(), np.stack([1 - p, p], 1), pred=oof["pred"].to_numpy(),
                          n_boot=200, seed=3)
     assert got == ref
+
+
+def test_zero_variance_differences_give_no_p() -> None:
+    """Every fold better by exactly 0.1: the t statistic is undefined, not infinitely significant."""
+    t, p = C.nadeau_bengio(np.full(5, 0.1), 0.25)
+    assert np.isnan(t) and np.isnan(p)
+    t, p = C.nadeau_bengio(np.array([0.1, 0.2, 0.15, 0.12, 0.18]), 0.25)
+    assert t > 0 and 0 < p < 1

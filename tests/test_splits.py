@@ -108,8 +108,7 @@ def test_only_primary_tumour_slides_join_by_default(tmp_path: Path) -> None:
 
 
 def test_a_class_at_one_site_is_refused_before_any_fold_trains(tmp_path: Path, monkeypatch) -> None:
-    from brcatool.training import TrainConfig, run_train
-    from brcatool.training import stage
+    from brcatool.training import TrainConfig, run_train, stage
 
     pw = make_prepared_workdir(tmp_path / "w", patients=30, patches=2, dim=4, genes=6, seed=8)
     c = load_cohort(pw.workdir, images=False)
