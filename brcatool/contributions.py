@@ -97,8 +97,8 @@ def contributions(run_dir: str | Path, workdir: str | Path | Workdir | None = No
         return None
     wd = Workdir(run_dir.parent.parent) if workdir is None else (
         workdir if isinstance(workdir, Workdir) else Workdir(workdir))
-    cohort = load_cohort(wd, encoder=models[0].encoder.get("encoder"), images=True,
-                         expression=models[0].uses_gene)
+    cohort = load_cohort(wd, encoder=models[0].encoder.get("encoder"), images=True,  # the slides it saw
+                         expression=models[0].uses_gene, **(models[0].slide_filter or {}))
     held = _held_out(run_dir, cohort) if mode == "oof" else {}
     csum, count = np.zeros(cohort.mask.shape), np.zeros(cohort.n)
     for fm in models:
