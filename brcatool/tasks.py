@@ -41,13 +41,15 @@ MISSING_VALUES = frozenset({
 })
 
 #: Looked for in this order, case-insensitively: tidy tables, TCGA clinical XML exports, cBioPortal
-#: (PATIENT_ID, SAMPLE_ID), TCGAbiolinks (patient), UCSC Xena (sampleID), PanCancer Atlas (pan.samplesID).
+#: (PATIENT_ID, SAMPLE_ID), TCGAbiolinks (patient; GDCprepare's colData: barcode, patient, sample),
+#: UCSC Xena (sampleID), PanCancer Atlas (pan.samplesID). Labels: TCGAbiolinks' TCGAquery_subtype
+#: ``BRCA_Subtype_PAM50``, its GDCprepare colData copy ``paper_BRCA_Subtype_PAM50``.
 ID_COLUMNS = ("patient_id", "bcr_patient_barcode", "PATIENT", "Patient ID", "patient", "Sample ID",
               "SAMPLE_ID", "sampleID", "sample", "pan.samplesID")
 #: Sample-barcode columns: the sample type (01 primary, 11 normal ...) of a row is read from these.
 SAMPLE_COLUMNS = ("sampleID", "SAMPLE_ID", "Sample ID", "sample", "pan.samplesID", "bcr_sample_barcode")
-LABEL_COLUMNS = ("PAM50", "Subtype", "TCGA Subtype", "BRCA_Subtype_PAM50", "PAM50Call_RNAseq",
-                 "Subtype_mRNA")
+LABEL_COLUMNS = ("PAM50", "Subtype", "TCGA Subtype", "BRCA_Subtype_PAM50", "paper_BRCA_Subtype_PAM50",
+                 "PAM50Call_RNAseq", "Subtype_mRNA")
 
 #: Above this many distinct values a column is not a plausible class label.
 MAX_CLASSES = 50

@@ -343,11 +343,46 @@ def test_same_patients_genes_and_labels_from_every_layout(tmp_path, layouts):
         assert m["source"]["format"] == name
         out[name] = (sorted(expr["patient_id"].to_list()), expr.columns[1:],
                      labels.sort("patient_id").rows())
+    # the same GDC download read from the folder above gdc_download_<ts>/ (as the cart's tar.gz
+    # unpacks: DIR/gdc_download_<ts>/<uuid>/<file>), with GDCprepare's colData as the clinical table
+    gdc = files["gdc"]
+    _, expr, labels, m = _run(tmp_path, "gdc-up", expression=gdc.expression.parent, clinical=gdc.coldata,
+                              sample_sheet=gdc.sample_sheet, **gdc.prep_options)
+    coldata = (sorted(expr["patient_id"].to_list()), expr.columns[1:], labels.sort("patient_id").rows())
+    assert m["dropped"]["gdc_files"]["files_with_several_samples"] == 0  # "X-01A, X-01A" is one sample
     tidy, expr, labels, _ = _run(tmp_path, "tidy", expression=cohort.expression, clinical=cohort.clinical)
     expected = (sorted(expr["patient_id"].to_list()), expr.columns[1:], labels.sort("patient_id").rows())
     assert expected[0] == cohort.expression_patients
     for name, got in out.items():
         assert got == expected, name
+    # colData lists the downloaded samples only: the labels of the patients with expression
+    assert coldata == (*expected[:2], [r for r in expected[2] if r[0] in expected[0]])
+    assert len(coldata[2]) < len(expected[2])  # the cohort has labelled patients without expression
+
+
+def test_gdc_download_is_found_three_levels_down_never_in_logs(tmp_path, layouts):
+    from brcatool.expression.sources.gdc import count_files, find_sheet, sheet_samples
+
+    gdc = layouts[1]["gdc"]
+    sheet = gdc.sample_sheet.read_text()
+    assert "logs" in {p.name for p in gdc.expression.glob("*/*")}  # the cart's logs/ folders
+    doubled = [ln for ln in sheet.splitlines() if ", " in ln]
+    assert len(doubled) == 1 and doubled[0].split("\t")[6].count(", ") == 1  # "X-01A, X-01A", as the GDC
+    deep = count_files(gdc.expression.parent)
+    assert deep == count_files(gdc.expression) and len(deep) == sheet.count("\n") - 1
+    assert not any("logs" in p.parts for p in deep)
+    assert sheet_samples("TCGA-AC-A2FB-01A, TCGA-AC-A2FB-01A") == ["TCGA-AC-A2FB-01A"]
+    assert sheet_samples(" A ,B, A") == ["A", "B"] and sheet_samples("") == []
+    inside = _write(tmp_path / "cart" / "gdc_sample_sheet.2024-05-01.tsv", sheet)
+    _write(tmp_path / "gdc_sample_sheet.2024-04-01.tsv", sheet)  # another cart's sheet beside the folder
+    assert find_sheet(tmp_path / "cart", None) == inside  # the folder's own sheet wins
+    empty = tmp_path / "empty"
+    (empty / "gdc_download_1" / "abc" / "logs").mkdir(parents=True)
+    with pytest.raises(InputError) as info:
+        read_source(empty, "gdc", ReadOptions(sample_sheet=gdc.sample_sheet))
+    text = info.value.one_line()
+    assert (f"looked for {empty}/*{'.rna_seq.augmented_star_gene_counts.tsv'}, {empty}/*/*" in text
+            and f"{empty}/*/*/*.rna_seq" in text and "not in logs/" in text and "\n" not in text)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -391,8 +426,12 @@ def test_gdc_sheet_rows_of_other_files_or_several_samples(tmp_path, gdc):
     sheet.write_text(sheet.read_text()
                      + _sheet_row("5c5c", f"5c5c-uuid{suffix}", f"{C}-01A, {C}-11A") + "\n"
                      + _sheet_row("6d6d", "TCGA-A1-A0SB-01Z-00-DX1.svs", f"{A}-01Z") + "\n")  # a slide row
+    _star(root / "7e7e" / f"7e7e-uuid{suffix}", [2, 2, 2, 2, 0], [2, 2, 2, 2, 0])
+    twice = _sheet_row("7e7e", f"7e7e-uuid{suffix}", f"{C}-01A, {C}-01A ")
+    sheet.write_text(sheet.read_text() + twice + "\n")
     table, _ = read_source(root, "gdc", ReadOptions(sample_sheet=sheet))
-    assert table.dropped["gdc_files_with_several_samples"] == 1
+    assert table.dropped["gdc_files_with_several_samples"] == 1  # two distinct ones; one sample twice is kept
     assert table.dropped["gdc_sheet_rows_without_file"] == 1  # only the STAR-count row 9f9f, not the slide
-    assert f"{C}-01A" not in table.samples
+    assert f"{C}-01A" in table.samples and f"{C}-11A" not in table.samples  # from 7e7e, not 5c5c
+    assert table.values[table.samples.index(f"{C}-01A")].tolist()[:2] == [2.0, 2.0]
     assert any("list several samples" in n for n in table.notes)

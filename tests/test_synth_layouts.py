@@ -39,7 +39,10 @@ def test_gdc_layout_files_are_laid_out_like_the_gdc_ships_them(tmp_path, cohort)
     assert lines[2].split("\t")[6:] == ["", "", ""]  # summary rows have no TPM/FPKM
     sheet = pl.read_csv(lf.sample_sheet, separator="\t")
     assert tuple(sheet.columns) == SHEET_HEADER and sheet.height == len(files)
-    assert sorted(sheet["Sample Type"].unique()) == ["Primary Tumor", "Solid Tissue Normal"]
+    assert sorted(sheet["Sample Type"].unique()) == ["Primary Tumor", "Primary Tumor, Primary Tumor",
+                                                     "Solid Tissue Normal"]  # one row lists its sample twice
+    assert all((f.parent / "logs" / f"{f.name}.parcel").is_file() for f in files)
+    assert (lf.expression / "MANIFEST.txt").read_text().startswith("id\tfilename\tmd5\tsize\tstate\n")
     # unstranded is the count; stranded columns add up to it; TPM sums to 1e6
     genes, samples, counts = _tidy(cohort)
     row = sheet.filter(pl.col("Sample ID") == samples[0])

@@ -153,3 +153,22 @@ def test_prepare_labels_bad_input(tmp_path, text, kwargs, match):
         prepare_labels(path, ["P1"], [], task="pam50" if "foo" in text else None, **kwargs)
     assert info.value.path == str(path) and "\n" not in info.value.one_line()
 
+
+
+def test_prepare_labels_reads_tcgabiolinks_coldata(tmp_path):
+    """GDCprepare's colData (write.csv): barcode, patient, sample, ..., paper_BRCA_Subtype_PAM50; a normal
+    sample's row carries its patient's subtype and is ignored beside the tumour's row."""
+    from brcatool.synth.layouts import write_coldata
+
+    path = write_coldata(tmp_path / "colData.csv", [
+        ("TCGA-A1-A0SB-01A", "Primary Tumor", "LumA"), ("TCGA-A7-A0DB-01A", "Primary Tumor", "Basal"),
+        ("TCGA-A7-A0DB-11A", "Solid Tissue Normal", "Basal"), ("TCGA-E2-A15K-01A", "Primary Tumor", None)])
+    assert path.read_text().splitlines()[0].endswith('"definition","paper_BRCA_Subtype_PAM50"')
+    report: dict = {}
+    warnings: list[str] = []
+    labels, task, clinical = prepare_labels(path, ["TCGA-A1-A0SB", "TCGA-A7-A0DB"], warnings, report=report)
+    assert task.name == "luminal-vs-basalher2" and task.column == "paper_BRCA_Subtype_PAM50"
+    assert labels.rows() == [("TCGA-A1-A0SB", "Luminal", 0, task.name),
+                             ("TCGA-A7-A0DB", "Basal/Her2", 1, task.name)]
+    assert clinical == ["TCGA-A1-A0SB", "TCGA-A7-A0DB", "TCGA-E2-A15K"]
+    assert report["non_primary_sample_rows"] == 1 and report["blank"] == 1

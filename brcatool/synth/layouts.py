@@ -1,9 +1,12 @@
 """The synthetic cohort's expression and labels written as users download TCGA-BRCA.
 
-``gdc``: a download folder of ``<file-uuid>/<uuid>.rna_seq.augmented_star_gene_counts.tsv`` (GENCODE
-comment line, STAR summary rows, counts/TPM/FPKM/FPKM-UQ columns), the GDC sample sheet beside it,
-and a TCGAbiolinks PAM50 table saved with R's ``write.csv`` (row names); one extra Solid Tissue
-Normal file. ``cbioportal``: ``data_mrna_seq_v2_rsem.txt`` (Hugo_Symbol, Entrez_Gene_Id, rows without
+``gdc``: the cart's download unpacked, ``gdc_download_<ts>/<file-uuid>/<uuid>.rna_seq.augmented_star_
+gene_counts.tsv`` (GENCODE comment line, STAR summary rows, counts/TPM/FPKM/FPKM-UQ columns) with
+``<file-uuid>/logs/<name>.parcel`` and ``MANIFEST.txt``, the GDC sample sheet beside it (the last
+tumour's row lists its case and sample twice, ``X, X``, as the GDC does for some files), a
+TCGAbiolinks PAM50 table saved with R's ``write.csv`` (row names) and GDCprepare's ``colData`` saved
+the same way (``barcode``, ``patient``, ``sample``, ``paper_BRCA_Subtype_PAM50``); one extra Solid
+Tissue Normal file. ``cbioportal``: ``data_mrna_seq_v2_rsem.txt`` (Hugo_Symbol, Entrez_Gene_Id, rows without
 a symbol, a repeated symbol) with ``data_clinical_patient.txt`` / ``data_clinical_sample.txt`` (four
 ``#`` header lines, ``SUBTYPE`` = BRCA_LumA ...). ``xena``: gzip ``HiSeqV2`` (log2(x+1)) with
 ``BRCA_clinicalMatrix`` (``sampleID``, ``PAM50Call_RNAseq``, a normal sample's row).
@@ -43,6 +46,7 @@ class LayoutFiles:
     clinical: Path
     sample_sheet: Path | None = None
     prep_options: dict[str, Any] = field(default_factory=dict)
+    coldata: Path | None = None  # gdc: TCGAbiolinks GDCprepare colData (another clinical table)
 
 
 def ensembl_id(index: int) -> str:
@@ -84,7 +88,9 @@ def _gdc(out: Path, genes: list[str], samples: list[str], counts: np.ndarray,
     columns = [(s, counts[:, j], "Primary Tumor") for j, s in enumerate(samples)]
     columns.append((samples[0][:12] + "-11A", counts[:, 0] // 2, "Solid Tissue Normal"))
     sheet = ["\t".join(SHEET_HEADER)]
-    for sample, c, kind in columns:
+    manifest = ["id\tfilename\tmd5\tsize\tstate"]
+    doubled = len(samples) - 1  # this tumour's sheet cells name its case and sample twice
+    for k, (sample, c, kind) in enumerate(columns):
         file_id, name = _uuid(rng), _uuid(rng) + GDC_SUFFIX
         rate = c / length_kb
         tpm = rate / max(rate.sum(), 1) * 1e6
@@ -100,14 +106,35 @@ def _gdc(out: Path, genes: list[str], samples: list[str], counts: np.ndarray,
                                              map(str, first.tolist()), map(str, (c - first).tolist()),
                                              _fmt(tpm), _fmt(fpkm), _fmt(fpkm_uq), strict=True)]
         write_text(download / file_id / name, "\n".join(lines) + "\n")
+        write_text(download / file_id / "logs" / f"{name}.parcel", "")
+        manifest.append(f"{file_id}\t{name}\t{_uuid(rng).replace('-', '')}\t0\treleased")
+        cells = (sample[:12], sample, kind) if k != doubled else tuple(
+            f"{v}, {v}" for v in (sample[:12], sample, kind))
         sheet.append("\t".join((file_id, name, "Transcriptome Profiling", "Gene Expression Quantification",
-                                "TCGA-BRCA", sample[:12], sample, kind)))
+                                "TCGA-BRCA", *cells)))
+    write_text(download / "MANIFEST.txt", "\n".join(manifest) + "\n")
     sheet_path = write_text(out / "gdc_sample_sheet.2024-06-01.tsv", "\n".join(sheet) + "\n")
     # TCGAbiolinks::TCGAquery_subtype("brca") saved with write.csv: quoted, row names first
     pam50 = ['"","patient","BRCA_Subtype_PAM50","vital_status"']
     pam50 += [f'"{i}","{p}","{s}","Alive"' for i, (p, s) in enumerate(sorted(subtypes.items()), start=1)]
     clinical = write_text(out / "TCGA-BRCA_PAM50_TCGAbiolinks.csv", "\n".join(pam50) + "\n")
-    return LayoutFiles("gdc", download, clinical, sheet_path, {"gene_names": True})
+    col_path = write_coldata(out / "TCGA-BRCA_colData.csv",
+                             [(sample, kind, subtypes.get(sample[:12])) for sample, _, kind in columns])
+    return LayoutFiles("gdc", download, clinical, sheet_path, {"gene_names": True}, col_path)
+
+
+def write_coldata(path: Path, rows: list[tuple[str, str, str | None]]) -> Path:
+    """TCGAbiolinks ``GDCprepare`` colData saved with ``write.csv``: row names, ``barcode`` (aliquot),
+    ``patient``, ``sample``, ``shortLetterCode``, ``definition`` and ``paper_BRCA_Subtype_PAM50`` for
+    (sample barcode, sample type, PAM50 or None = NA) rows; paper_* values are the patient's, so a
+    normal sample's row carries its tumour's subtype, as in the real table."""
+    lines = ['"","barcode","patient","sample","shortLetterCode","definition","paper_BRCA_Subtype_PAM50"']
+    for k, (sample, kind, label) in enumerate(rows, start=1):
+        tumour = kind == "Primary Tumor"
+        code, what = ("TP", "Primary solid Tumor") if tumour else ("NT", "Solid Tissue Normal")
+        lines.append(f'"{k}","{sample}-11R-A144-07","{sample[:12]}","{sample}","{code}","{what}",'
+                     + (f'"{label}"' if label else "NA"))
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def _clinical_header(display: list[str], kinds: list[str], ids: list[str]) -> list[str]:

@@ -1,5 +1,7 @@
 """GDC STAR-count downloads (data release 32+): a folder of
-``<file-uuid>/<name>.rna_seq.augmented_star_gene_counts.tsv`` plus the GDC sample sheet.
+``<file-uuid>/<name>.rna_seq.augmented_star_gene_counts.tsv`` plus the GDC sample sheet. The files are
+found up to three levels down (``DIR/<file>``, ``DIR/<uuid>/<file>``, ``DIR/gdc_download_<ts>/<uuid>/<file>``
+as the cart's tar.gz unpacks), never in ``logs/``.
 
 Each file starts with ``# gene-model: GENCODE v36``, then the header ``gene_id gene_name gene_type
 unstranded stranded_first stranded_second tpm_unstranded fpkm_unstranded fpkm_uq_unstranded``, four
@@ -10,8 +12,10 @@ ID``, ``File Name``, ``Data Category``, ``Data Type``, ``Project ID``, ``Case ID
 
 Files are read in parallel threads (polars parses outside the GIL), two columns each, straight into
 one preallocated samples x genes matrix. A file missing from the sheet or a sheet row without a
-file is reported and skipped; a file that is not a STAR-count file, is cut short or has other gene
-ids than the first is an error naming it.
+file is reported and skipped, and so is a row whose ``Sample ID`` cell lists several distinct
+samples (a cell listing one sample twice, ``TCGA-AC-A2FB-01A, TCGA-AC-A2FB-01A``, is that sample); a
+file that is not a STAR-count file, is cut short or has other gene ids than the first is an error
+naming it.
 """
 
 from __future__ import annotations
@@ -46,16 +50,27 @@ def is_star_file(p: Peek) -> bool:
     return not p.is_dir and p.columns[:4] == COLUMNS[:4]
 
 
+#: Where STAR-count files are looked for: flat, ``<uuid>/``, ``gdc_download_<ts>/<uuid>/``.
+SEARCH = ("", "*/", "*/*/")
+
+
 def count_files(folder: Path) -> list[Path]:
-    """The STAR-count files of a download folder (``<uuid>/<name>`` or flat), sorted."""
+    """The STAR-count files of a download folder (up to ``SEARCH``'s depth, not in ``logs/``), sorted."""
     folder = Path(folder)
-    return sorted({*folder.glob(f"*/*{SUFFIX}"), *folder.glob(f"*{SUFFIX}")})
+    found = {p for pattern in SEARCH for p in folder.glob(f"{pattern}*{SUFFIX}")}
+    return sorted(p for p in found if "logs" not in p.relative_to(folder).parts[:-1] and p.is_file())
+
+
+def sheet_samples(cell: str | None) -> list[str]:
+    """The distinct sample ids of a sheet cell (``A, A`` is one sample; ``A, B`` two), in order."""
+    return list(dict.fromkeys(s.strip() for s in (cell or "").split(",") if s.strip()))
 
 
 def find_sheet(folder: Path, given: Path | None) -> Path:
+    """``given``, else the one sample sheet in the folder, else the one beside it."""
     if given is not None:
         return Path(given)
-    found = sorted({*Path(folder).glob(SHEET_GLOB), *Path(folder).resolve().parent.glob(SHEET_GLOB)})
+    found = sorted(Path(folder).glob(SHEET_GLOB)) or sorted(Path(folder).resolve().parent.glob(SHEET_GLOB))
     if len(found) == 1:
         return found[0]
     raise InputError(f"{'no' if not found else len(found)} GDC sample sheet(s) ({SHEET_GLOB}) in the folder "
@@ -108,17 +123,19 @@ def read(path: Path, opts: ReadOptions) -> ExpressionTable:
     for f in count_files(folder):
         on_disk.setdefault(f.name, f)
     if not on_disk:
-        raise InputError(f"no *{SUFFIX} files in the folder or its sub-folders", path=folder,
+        where = ", ".join(f"{folder}/{p}*{SUFFIX}" for p in SEARCH)
+        raise InputError(f"no STAR-count files: looked for {where} (not in logs/)", path=folder,
                          fix="pass the GDC download folder (gdc-client, or the cart's tar.gz unpacked)")
     listed = {}
     several = []
-    for name, sample, file_id in sheet:
+    for name, cell, file_id in sheet:
         if not name.endswith(SUFFIX):
             continue
-        if "," in sample:
+        samples_in_cell = sheet_samples(cell)
+        if len(samples_in_cell) > 1:
             several.append(name)
-        else:
-            listed.setdefault(name, (sample, file_id))
+        elif samples_in_cell:
+            listed.setdefault(name, (samples_in_cell[0], file_id))
     no_file = sorted(n for n in listed if n not in on_disk)
     not_listed = sorted(n for n in on_disk if n not in listed and n not in several)
     picked = sorted((listed[n][0], n) for n in listed if n in on_disk)
