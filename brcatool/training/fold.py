@@ -30,9 +30,27 @@ from brcatool.training.batching import (
 from brcatool.training.settings import TrainConfig
 
 
-def _inner_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+def _inner_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(inner training, inner validation) positions of ``idx`` (early stopping, threshold).
 
+    ``groups`` (one per cohort patient, e.g. sites under --split site): whole groups on one side,
+    stratified as far as they allow (StratifiedGroupKFold, one fold ~ ``frac``), when ``idx``
+    spans >= 2 of them; else by patient. A site in both would flatter the inner validation just
+    as it would the outer one.
+    """
+    import warnings
+
+    from sklearn.model_selection import ShuffleSplit, StratifiedGroupKFold, StratifiedShuffleSplit
+
+    g = None if groups is None else np.asarray(groups)[idx]
+    if g is not None and len(np.unique(g)) >= 2:
+        k = int(min(len(np.unique(g)), max(2, round(1 / max(frac, 1e-6)))))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # classes smaller than k: sklearn spreads them as it can
+            tr, va = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+                          .split(np.zeros(len(idx)), y, g))
+        return idx[np.sort(tr)], idx[np.sort(va)]
     n_val = max(1, int(round(frac * len(idx))))
     try:
         sss = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
@@ -40,6 +58,16 @@ def _inner_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int) -> tupl
     except ValueError:  # a class too small to stratify: plain shuffle
         tr, va = next(ShuffleSplit(n_splits=1, test_size=n_val, random_state=seed).split(idx))
     return idx[np.sort(tr)], idx[np.sort(va)]
+
+
+def _sites(cohort: Cohort, cfg: TrainConfig) -> np.ndarray | None:
+    """Every patient's site under ``--split site`` (the outer split's groups), else None."""
+    if cfg.split != "site":
+        return None
+    from brcatool.artifacts import Workdir
+    from brcatool.splits import patient_sites
+
+    return np.asarray(patient_sites(cohort, cfg.site_column, Workdir(cohort.root)))
 
 
 def class_weights(cfg: TrainConfig, y_train: np.ndarray, n_classes: int) -> np.ndarray | None:
@@ -119,7 +147,8 @@ def train_fold(cohort: Cohort, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
         keep = np.ones(cohort.n, dtype=bool)
         keep[rows] = recipe.keep_rows(cohort.expression[rows])
         train_idx = train_idx[keep[train_idx]]  # outlier rows leave training only
-    inner_tr, inner_va = _inner_split(train_idx, cohort.targets[train_idx], cfg.val_frac, seed)
+    inner_tr, inner_va = _inner_split(train_idx, cohort.targets[train_idx], cfg.val_frac, seed,
+                                      groups=_sites(cohort, cfg))
     mcfg = ModelConfig(fusion=cfg.fusion, aggregator=cfg.aggregator,
                        n_genes=expr.shape[1] if expr is not None else 0, feat_dim=cohort.feat_dim,
                        n_out=1 if C == 2 else C, hidden=cfg.hidden, dropout=cfg.dropout,
