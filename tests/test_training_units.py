@@ -128,6 +128,13 @@ def test_finished_fold_records_are_reused_and_stale_ones_are_not(tmp_path: Path,
                       source=CohortSource.of(wd, cfg, images=True, expression=True))
     assert all(read_record(job) is None for job in other)  # same folders, other key
 
+    # a cohort built in Python (no source to rebuild it from) travels with each job, never reused
+    shipped = fold_jobs(wd, dataclasses.replace(cfg, name="y"), cohort)
+    assert isinstance(shipped[0].source, type(cohort)) and shipped[0].key != jobs[0].key
+    fit_unit(shipped[0])
+    assert read_record(shipped[0]) is not None
+    assert read_record(fold_jobs(wd, dataclasses.replace(cfg, name="y"), cohort)[0]) is None
+
     def no_cluster(*_a, **_k):
         raise AssertionError("every fold had a record: no executor should start")
 
