@@ -158,3 +158,30 @@ def test_dask_without_distributed_is_one_line(tmp_path: Path, monkeypatch: pytes
         assert len(res.output.strip().splitlines()) == 1
     with pytest.raises(InputError, match="--dask needs"):
         TrainConfig(dask=" ").validate()
+
+
+def test_a_failed_fold_keeps_the_others_records_and_raises_its_own_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every unit runs to the end (the executor here: in-process), the finished folds' records stay
+    for the re-run, and the failed fold's one-line error is raised as it is."""
+    import brcatool.training.units as units
+    from brcatool.executors import SerialExecutor
+
+    wd = Workdir(_workdir(tmp_path / "w"))
+    cfg = TrainConfig(fusion="gene", name="f", dask="local:2", **TINY)
+    jobs = fold_jobs(wd, cfg, load_cohort(wd, images=False, expression=True),
+                     source=CohortSource.of(wd, cfg, images=False, expression=True))
+    real = units.train_fold
+
+    def fold_1_fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - train_fold's signature
+        if kwargs["fold"] == 1:
+            raise InputError("the training loss is not finite in fold 1", fix="lower --lr")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(units, "train_fold", fold_1_fails)
+    monkeypatch.setattr(units, "make_executor", SerialExecutor)
+    done: list[int] = []
+    with pytest.raises(InputError, match="not finite in fold 1"):
+        units.run_fits(jobs, "local:2", on_done=lambda job: done.append(job.fold))
+    assert done == [0, 2]
+    assert [read_record(job) is not None for job in jobs] == [True, False, True]
