@@ -74,16 +74,12 @@ def test_contributions_use_only_the_slides_the_model_was_trained_on(tmp_path):
     """``--slide-types DX``: a frozen (TS) slide of the same tumour sample never gets a weight."""
     import polars as pl
 
-    from brcatool import stores
+    from brcatool.synth.prepared import add_feature_slide
 
     pw = make_prepared_workdir(tmp_path, patients=12, patches=3, dim=8, views=1, genes=8, seed=2)
     wd, pid = pw.workdir, pw.patient_ids[0]
-    index = artifacts.read_parquet(wd.features_index(pw.encoder), schema="features")
     frozen = f"{pid}-01A-01-TS1.0A1B2C3D"
-    stores.write_features(wd, pw.encoder, frozen, np.ones((1, 4, 8), dtype=np.float16))
-    row = index.filter(pl.col("patient_id") == pid).head(1).with_columns(slide_id=pl.lit(frozen),
-                                                                          n_patches=pl.lit(4, pl.Int64))
-    artifacts.write_parquet(pl.concat([index, row]), wd.features_index(pw.encoder), schema="features")
+    add_feature_slide(pw, pid, frozen, 4)
     run_train(wd, TrainConfig(fusion="image", aggregator="mean", epochs=1, folds=2, name="dx", hidden=16,
                               slide_types="DX"), progress=False)
     table = contributions(wd.run_dir("dx"), wd, mode="oof")

@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from brcatool import artifacts, stores
 from brcatool.cohort import load_cohort
 from brcatool.errors import InputError
 from brcatool.splits import (
@@ -23,6 +22,7 @@ from brcatool.splits import (
     tcga_site,
 )
 from brcatool.synth import make_prepared_workdir
+from brcatool.synth.prepared import add_feature_slide
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +91,7 @@ def test_more_repeats_extend_the_saved_split_keeping_its_first(tmp_path: Path) -
 def test_only_primary_tumour_slides_join_by_default(tmp_path: Path) -> None:
     pw = make_prepared_workdir(tmp_path / "w", patients=12, patches=3, dim=4, genes=6, seed=3)
     wd, pid = pw.workdir, pw.patient_ids[0]
-    index = artifacts.read_parquet(wd.features_index(pw.encoder), schema="features")
-    extra = f"{pid}-11A-01-TS1.0A1B2C3D"
-    stores.write_features(wd, pw.encoder, extra, np.ones((2, 4, 4), dtype=np.float16))
-    row = index.filter(pl.col("patient_id") == pid).head(1).with_columns(slide_id=pl.lit(extra),
-                                                                          n_patches=pl.lit(4, pl.Int64))
-    artifacts.write_parquet(pl.concat([index, row]), wd.features_index(pw.encoder), schema="features")
+    add_feature_slide(pw, pid, f"{pid}-11A-01-TS1.0A1B2C3D", 4)
     i = pw.patient_ids.index(pid)
     default = load_cohort(wd)
     assert default.left_out == {"sample type 11 (solid tissue normal)": 1}

@@ -161,3 +161,17 @@ def make_prepared_workdir(
                            targets={p: int(t) for p, t in zip(pids, target, strict=True)},
                            encoder=encoder, genes=gnames, n_slides=len(index_rows),
                            missing_expression=no_expr, missing_slides=no_slides)
+
+
+def add_feature_slide(pw: PreparedWorkdir, patient_id: str, slide_id: str, n_patches: int) -> None:
+    """Give ``patient_id`` one more embedded slide (ones as features, ``n_patches`` rows), e.g. a
+    frozen (TS) or normal-tissue (11A) slide to test which slides join a bag."""
+    import polars as pl
+
+    wd = pw.workdir
+    index = artifacts.read_parquet(wd.features_index(pw.encoder), schema="features")
+    views, _, dim = stores.read_features(wd, pw.encoder, index["slide_id"][0]).shape
+    stores.write_features(wd, pw.encoder, slide_id, np.ones((views, n_patches, dim), dtype=np.float16))
+    row = index.filter(pl.col("patient_id") == patient_id).head(1).with_columns(
+        slide_id=pl.lit(slide_id), n_patches=pl.lit(n_patches, pl.Int64))
+    artifacts.write_parquet(pl.concat([index, row]), wd.features_index(pw.encoder), schema="features")
