@@ -169,10 +169,11 @@ def test_external_cohort_end_to_end(prepared, tmp_path: Path) -> None:
     assert not np.allclose(cal, p)
     assert res.pooled["brier"] == pytest.approx(skm.brier_score_loss(y, cal))
     assert res.ci["brier"][0] <= res.pooled["brier"] <= res.ci["brier"][1]
+    external = load_cohort(other.workdir)
     for fm, f in zip(fms, res.per_fold, strict=True):
-        idx, probs, _ = fm.predict(load_cohort(other.workdir), device="cpu")
+        idx, probs, _ = fm.predict(external, device="cpu")
         fixed = correct_probs(probs, fm.class_log_weight)[:, 1]
-        assert f["brier"] == pytest.approx(skm.brier_score_loss(load_cohort(other.workdir).targets[idx], fixed))
+        assert f["brier"] == pytest.approx(skm.brier_score_loss(external.targets[idx], fixed))
     # by hand: each saved fold model with its own training-fold recipe, probabilities averaged
     import torch
 
