@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from brcatool import artifacts, outputs, stores
 from brcatool.artifacts import Workdir
 from brcatool.bags import RaggedBags, load_bags, slide_features
 from brcatool.errors import ArtifactError, InputError
-from brcatool.ids import parse_barcode
+from brcatool.ids import parse_barcode, slide_type
 from brcatool.splits import (  # noqa: F401 - the split lives in splits.py; importable from here too
     Splits,
     check_folds,
@@ -315,7 +314,6 @@ def load_cohort(workdir: Path | Workdir, *, encoder: str | None = None, images: 
 
 SAMPLE_TYPES = {"01": "primary tumour", "02": "recurrent tumour", "06": "metastasis",
                 "11": "solid tissue normal"}
-_SLIDE_TYPE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}[A-Z]?-\d{2}-([A-Z]{2})\d*", re.IGNORECASE)
 
 
 def slide_left_out(slide_id: str, slide_types: Sequence[str] | None = None,
@@ -328,9 +326,9 @@ def slide_left_out(slide_id: str, slide_types: Sequence[str] | None = None,
     stype = parsed[1]
     if stype and stype != "01" and not keep_all_samples:
         return f"sample type {stype} ({SAMPLE_TYPES.get(stype, 'not primary tumour')})"
-    m = _SLIDE_TYPE.match(slide_id)
-    if m and slide_types is not None and m.group(1).upper() not in {t.upper() for t in slide_types}:
-        return f"slide type {m.group(1).upper()}"
+    kind = slide_type(slide_id)
+    if kind and slide_types is not None and kind not in {t.upper() for t in slide_types}:
+        return f"slide type {kind}"
     return None
 
 

@@ -9,6 +9,8 @@ import re
 
 TCGA_BARCODE = re.compile(r"^TCGA[-.]([A-Z0-9]{2})[-.]([A-Z0-9]{4})(?:[-.](\d{2})([A-Z])?)?", re.IGNORECASE)
 _GSM = re.compile(r"^GSM\d+$", re.IGNORECASE)
+#: A TCGA slide barcode's slide type (DX diagnostic, TS/BS frozen top/bottom): ``...-01Z-00-DX1``.
+_SLIDE_TYPE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}[A-Z]?-\d{2}-([A-Z]{2})\d*", re.IGNORECASE)
 
 
 def parse_barcode(sample: str) -> tuple[str, str | None, str] | None:
@@ -24,6 +26,12 @@ def patient_of(sample: str) -> str:
     """Patient id: first 12 characters of a TCGA barcode (dots read as dashes), else the id itself."""
     parsed = parse_barcode(sample)
     return parsed[0] if parsed else sample.strip()
+
+
+def slide_type(slide_id: str) -> str | None:
+    """``DX``, ``TS``, ``BS``... of a TCGA slide barcode, upper case; None for other names."""
+    m = _SLIDE_TYPE.match(slide_id)
+    return m.group(1).upper() if m else None
 
 
 def is_sample_id(value: str) -> bool:

@@ -7,7 +7,6 @@ memory. Transparent areas (outside a scan's tiles) are composited onto white, as
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from brcatool.errors import InputError
+from brcatool.ids import patient_of
 
 #: File endings openslide reads (DICOM slides are folders of .dcm files).
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
@@ -25,7 +25,6 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 MPP_RANGE = (0.05, 20.0)
 #: A level whose downsample is within this relative distance of the wanted one is read as is.
 LEVEL_TOLERANCE = 0.02
-_TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- naming
@@ -43,8 +42,7 @@ def slide_id_for(path: Path) -> str:
 
 def patient_id_for(slide_id: str) -> str:
     """First 12 characters of a TCGA barcode (``TCGA-XX-XXXX``), else the slide id itself."""
-    m = _TCGA.match(slide_id)
-    return m.group(0).upper() if m else slide_id
+    return patient_of(slide_id)
 
 
 @dataclass(frozen=True)
