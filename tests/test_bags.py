@@ -100,3 +100,26 @@ def test_drawn_bag_reads_the_same_patches(tmp_path: Path) -> None:
     n_valid = int(load_cohort(wd).mask.sum())
     assert r["feats"].shape[1] == d["feats"].shape[1] > 5 and int(r["mask"].sum()) == n_valid
     assert torch.equal(d["feats"][d["mask"]], r["feats"][r["mask"]])
+
+
+def test_prediction_batches_bound_the_padded_patches(tmp_path: Path, monkeypatch) -> None:
+    """Prediction sees every patch, so full-slide bags go a few patients at a time: each chunk holds at
+    most PREDICT_PATCH_BUDGET padded patches (a larger bag alone), in order, and every patient once."""
+    import torch
+
+    from brcatool.training import batching
+
+    wd = Workdir(tmp_path)
+    make_prepared_workdir(wd, patients=12, patches=16, dim=4, views=1, ragged=True, seed=3)
+    cohort = load_cohort(wd, ragged=True)
+    bt = batching.Batcher(cohort, None, gene=False, image=True, device=torch.device("cpu"))
+    idx = np.arange(12)
+    sizes = cohort.mask.sum(1)
+    for budget in (1, 20, 40, 10_000):
+        monkeypatch.setattr(batching, "PREDICT_PATCH_BUDGET", budget)
+        chunks = batching.predict_batches(bt, idx, batch_size=5)
+        assert np.array_equal(np.concatenate(chunks), idx)
+        for c in chunks:
+            assert len(c) <= 5
+            assert len(c) == 1 or len(c) * sizes[c].max() <= budget
+    assert len(batching.predict_batches(bt, idx, batch_size=5)) == 3  # the budget never binds here

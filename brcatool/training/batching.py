@@ -120,6 +120,29 @@ def _probs(logits: Any, n_classes: int) -> Any:
     return torch.softmax(logits, dim=1)
 
 
+#: Prediction sees every patch, so a batch holds at most this many (padded) patches: full-slide bags
+#: of thousands of patches go a few patients at a time (one patient alone when its bag is larger).
+PREDICT_PATCH_BUDGET = 32_768
+
+
+def predict_batches(batcher: Batcher, idx: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive chunks of ``idx``: at most ``batch_size`` patients and, with images, at most
+    ``PREDICT_PATCH_BUDGET`` padded patches (patients x the chunk's largest bag)."""
+    if not batcher.image:
+        return [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
+    sizes = batcher.mask[idx].sum(1).numpy() if len(idx) else np.zeros(0, np.int64)
+    chunks, start, widest = [], 0, 0
+    for i, n in enumerate(sizes):
+        wider = max(widest, int(n), 1)
+        if i > start and (i - start >= batch_size or (i - start + 1) * wider > PREDICT_PATCH_BUDGET):
+            chunks.append(idx[start:i])
+            start, wider = i, max(int(n), 1)
+        widest = wider
+    if len(idx):
+        chunks.append(idx[start:])
+    return chunks
+
+
 def _run(model: Any, batcher: Batcher, idx: np.ndarray, batch_size: int) -> tuple[Any, np.ndarray | None]:
     """Logits (n, n_out) on CPU and attention (n, N) padded to the cohort's N (None if absent)."""
     import torch
@@ -128,8 +151,8 @@ def _run(model: Any, batcher: Batcher, idx: np.ndarray, batch_size: int) -> tupl
     logits, atts = [], []
     n_max = batcher.mask.shape[1] if batcher.image else 0
     with torch.no_grad():
-        for s in range(0, len(idx), batch_size):
-            out = _forward(model, batcher.batch(idx[s:s + batch_size]), batcher.device, batcher.amp)
+        for chunk in predict_batches(batcher, idx, batch_size):
+            out = _forward(model, batcher.batch(chunk), batcher.device, batcher.amp)
             logits.append(out["logits"].float().cpu())
             if "attention" in out:
                 a = out["attention"].float().cpu().numpy()
