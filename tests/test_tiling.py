@@ -152,8 +152,10 @@ def test_stored_pixels_equal_openslide(tiled) -> None:
     files, _, wd, _ = tiled
     _, patches_df = _tables(wd)
     paths = {s.slide_id: s.path for s in files.slides}
+    assert stores.patch_slides(wd)
     for sid in stores.patch_slides(wd)[:3]:
         rows = patches_df.filter(pl.col("slide_id") == sid)
+        assert rows.height > 0
         arr = np.asarray(stores.read_patches(wd, sid)[...])
         with openslide.OpenSlide(str(paths[sid])) as s:
             for row in rows.iter_rows(named=True):
@@ -341,6 +343,7 @@ def test_outputs_equal_the_recorded_reference(tiled, tmp_path: Path) -> None:
         got[name] = output_digests(other)
     if os.environ.get("BRCATOOL_WRITE_TILE_REFERENCE"):
         REFERENCE.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        pytest.skip("reference re-recorded; run again without BRCATOOL_WRITE_TILE_REFERENCE to compare")
     want = json.loads(REFERENCE.read_text())
     for name in REFERENCE_RUNS:
         diff = sorted(k for k in set(want[name]) | set(got[name]) if want[name].get(k) != got[name].get(k))
