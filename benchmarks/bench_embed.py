@@ -65,7 +65,8 @@ def reader_only(wd, *, batch: int, workers: int) -> float:
     """Images/s of the stage's DataLoader alone (Zarr reads in workers, pinned on CUDA)."""
     import torch
 
-    from brcatool.embedding import PatchBatches, _segments, _worker_init
+    from brcatool.embedding import _segments
+    from brcatool.patch_readers import PatchBatches, _worker_init
 
     segments = _segments(wd).segments
     loader = torch.utils.data.DataLoader(

@@ -118,8 +118,8 @@ class Workdir:
             if p.name.startswith(".") or not man.is_file():
                 continue
             try:
-                name = json.loads(man.read_text()).get("params", {}).get("encoder") or p.name
-            except (OSError, ValueError, AttributeError):
+                name = read_json(man).get("params", {}).get("encoder") or p.name
+            except (ArtifactError, AttributeError):
                 name = p.name
             if file_name(str(name)) == p.name:
                 out.append(str(name))

@@ -9,8 +9,6 @@ computed here, once, so training never runs the encoder. ``run_embed`` is resuma
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -32,7 +30,7 @@ from brcatool.encoders.spec import EncoderSpec
 from brcatool.encoders.weights import resolve_weights
 from brcatool.errors import ArtifactError, BrcaError, InputError
 from brcatool.executors import RunOptions, balanced_shards, make_executor
-from brcatool.patch_readers import PatchBatches, SlideBatches, SlideSource, _worker_init  # noqa: F401
+from brcatool.patch_readers import SlideBatches, SlideSource
 
 
 # --------------------------------------------------------------------------- the stage
@@ -184,12 +182,7 @@ def _tile_params_hash(wd: Workdir) -> str | None:
     if not path.is_file():
         return None
     man = artifacts.read_json(path)
-    return man.get("fingerprint") or _params_hash(man.get("params", {}))
-
-
-def _params_hash(params: dict[str, Any]) -> str:
-    blob = json.dumps(artifacts.normalise(params), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return man.get("fingerprint") or outputs.params_digest(man.get("params", {}))
 
 
 def run_embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) -> EmbedResult:
@@ -260,7 +253,7 @@ def _embed(workdir: Path | Workdir, cfg: EmbedConfig, *, progress: bool = True) 
             f"[bold yellow]warning:[/] {spec.name} uses RANDOM weights (seed {cfg.seed}); features "
             "are only good for tests and demos. Use --weights imagenet, hf:ORG/NAME or PATH.")
 
-    phash = _params_hash(params)
+    phash = outputs.params_digest(params)
     opts = _run_options(cfg)
     bs, workers = loader_defaults(device, cfg, spec)
     job = EmbedJob(wd=wd, encoder=spec.name, weights=weights, plan=plan, seed=cfg.seed,

@@ -177,3 +177,8 @@ def check_fresh(wd: Workdir, manifest_path: str | Path, *, what: str, rerun: str
             f"{what} was made from an older {' and '.join(stale)} output (it changed since)",
             path=manifest_path.parent if manifest_path.name == "manifest.json" else manifest_path,
             fix=f"re-run `brcatool {rerun} -w {wd.root}`")
+
+
+def params_digest(obj: Any) -> str:
+    """16 hex digits of the sha256 of ``obj`` as normalised JSON (keys sorted): a parameters key."""
+    return hashlib.sha256(json.dumps(normalise(obj), sort_keys=True).encode()).hexdigest()[:16]

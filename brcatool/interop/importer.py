@@ -201,7 +201,7 @@ def run_import_features(workdir: Path | Workdir, cfg: ImportConfig, *, progress:
             swd.stage_manifest(STAGE), counts=counts,
             fingerprint=outputs.output_fingerprint(files=[swd.patches_table, swd.slides_table]))
     if cfg.overwrite and wd.stage_manifest("tile").exists():  # tile's patches no longer match the tables
-        for p in (wd.patches_zarr, wd.root / tiling.PARTS):
+        for p in (wd.patches_zarr, wd.tile_parts):
             shutil.rmtree(p, ignore_errors=True)
         wd.stage_manifest("tile").unlink()
     warnings = []

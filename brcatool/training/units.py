@@ -13,7 +13,6 @@ stale record from being reused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts
+from brcatool import artifacts, outputs
 from brcatool import metrics as M
 from brcatool.artifacts import Workdir
 from brcatool.cohort import Cohort
@@ -153,12 +152,8 @@ def plan_fits(wd: Workdir, run: str, cfg: TrainConfig, cohort: Cohort, splits: S
     base = {"params": cfg.params(), "split": splits.sha256(), "source": described}
     parts = wd.train_parts(run)
     return [FitJob(run, cfg, r, k, splits, source if source is not None else cohort, parts, threads,
-                   _digest({**base, "repeat": r, "fold": k}))
+                   outputs.params_digest({**base, "repeat": r, "fold": k}))
             for r in range(splits.repeats) for k in range(splits.folds)]
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(artifacts.normalise(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fit_unit(job: FitJob) -> dict[str, Any]:
