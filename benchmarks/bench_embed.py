@@ -54,10 +54,8 @@ def bare_forward(spec, *, device: str, precision: str, batch: int, size: int, pa
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        for _ in range(n_batches):
-            model(x).float().cpu()  # the stage also brings features back to the host
-        if device == "cuda":
-            torch.cuda.synchronize()
+        outs = [model(x).float() for _ in range(n_batches)]  # queued back to back: no sync per batch
+        torch.stack(outs).cpu()  # the stage also brings features back to the host (this waits)
     return n_batches * batch / (time.perf_counter() - t)
 
 
@@ -149,6 +147,8 @@ def main() -> None:
     ap.add_argument("--bare-fraction", type=float, default=0.25,
                     help="share of the store's patches run through the bare model per round")
     ap.add_argument("--workdir", type=Path, default=None, help="reuse/keep the stores under here")
+    ap.add_argument("--reader-workers", default=None,
+                    help="comma-separated worker counts: the reader alone at each (default: the stage's)")
     args = ap.parse_args()
 
     import torch
@@ -168,8 +168,9 @@ def main() -> None:
         patches = args.patches if not spec.big else (
             args.vit_patches or (args.patches if device == "cuda" else 3 * batch))
         wd = _store(base / f"store-{patches}", patches, args.size, args.per_slide)
-        print(f"reader alone ({workers} workers, batch {batch}): "
-              f"{reader_only(wd, batch=batch, workers=workers):.1f} img/s")
+        for w in ([int(w) for w in args.reader_workers.split(",")] if args.reader_workers else [workers]):
+            print(f"reader alone ({w} workers, batch {batch}): "
+                  f"{reader_only(wd, batch=batch, workers=w):.1f} img/s", flush=True)
         bench_encoder(enc, wd, device=device, precisions=args.precisions.split(","), repeats=args.repeats,
                       batch_size=args.batch_size, num_workers=args.num_workers,
                       bare_patches=max(batch, int(patches * args.bare_fraction)))

@@ -138,13 +138,48 @@ class _Checked:
             raise
         except Exception as exc:  # noqa: BLE001 - codecs and stores raise many kinds
             where = str(getattr(self._arr, "store_path", "") or self._slide_id).removeprefix("file://")
-            feats = "features" in where.rsplit("/", 3)[0] if "/" in where else False
-            raise ArtifactError(
-                f"cannot read slide {self._slide_id!r} ({type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:160]}); the array is corrupt or incomplete",
-                path=where, fix=("delete that folder and re-run `brcatool embed` (it redoes only "
-                                 "missing slides)" if feats else "delete that folder and re-run "
-                                 "`brcatool tile` (it redoes only missing slides)")) from None
+            raise _unreadable(where, self._slide_id, exc) from None
+
+
+def _unreadable(where: str, slide_id: str, exc: BaseException) -> ArtifactError:
+    """One line naming an array that cannot be read, and the stage that rewrites it."""
+    feats = "features" in where.rsplit("/", 3)[0] if "/" in where else False
+    return ArtifactError(
+        f"cannot read slide {slide_id!r} ({type(exc).__name__}: "
+        f"{' '.join(str(exc).split())[:160]}); the array is corrupt or incomplete",
+        path=where, fix=("delete that folder and re-run `brcatool embed` (it redoes only "
+                         "missing slides)" if feats else "delete that folder and re-run "
+                         "`brcatool tile` (it redoes only missing slides)"))
+
+
+class PatchReader:
+    """One slide's patches read into a caller's buffer (embed's reader processes).
+
+    Arrays with the store's own layout are read straight from their shard files
+    (:mod:`brcatool.shards`, ~10x less CPU per patch than zarr-python's chunk-by-chunk path);
+    any other array through zarr-python. Unreadable data fails with ``member``'s one line.
+    """
+
+    def __init__(self, workdir: Workdir, slide_id: str) -> None:
+        from brcatool.shards import ShardedPatches
+
+        self.slide_id = slide_id
+        self.path = workdir.patches_zarr / file_name(slide_id)
+        self.fast = ShardedPatches.open(self.path)
+        self.zarr = read_patches(workdir, slide_id) if self.fast is None else None
+        self.shape: tuple[int, ...] = self.fast.shape if self.fast is not None else tuple(self.zarr.shape)
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Patches ``a:b`` into ``out`` (uint8, shape ``(b - a, s, s, 3)``, C-contiguous)."""
+        if self.fast is None:
+            out[...] = self.zarr[a:b]
+            return
+        from brcatool.shards import ShardError
+
+        try:
+            self.fast.read_into(a, b, out)
+        except (ShardError, OSError, RuntimeError) as exc:  # RuntimeError: blosc's decode error
+            raise _unreadable(str(self.path), self.slide_id, exc) from None
 
 
 def slide_ids(group_path: str | Path) -> list[str]:
@@ -178,6 +213,23 @@ def write_features(workdir: Workdir, encoder: str, slide_id: str, features: np.n
     return artifacts.write_array(workdir.features_zarr(encoder), file_name(slide_id), features,
                                  chunks=(v, max(1, n), d), attrs={**(attrs or {}), ID_ATTR: slide_id},
                                  compressors=_feature_codec())
+
+
+def warm_up() -> None:
+    """Import what writing features needs (a writer process runs this first)."""
+    import zarr  # noqa: F401
+    from zarr.codecs import ZstdCodec  # noqa: F401
+
+
+def write_slide_features(workdir: Workdir, encoder: str, slide_id: str, features: np.ndarray,
+                         attrs: dict[str, Any]) -> None:
+    """embed's write of one slide: refuse non-finite values (one line), else ``write_features``.
+
+    A plain module function of a light module, so a writer process can run it (see embed_unit)."""
+    if not np.isfinite(features).all():
+        raise ArtifactError(f"non-finite features for slide {slide_id}",
+                            path=workdir.features_dir(encoder), fix="try --precision fp32")
+    write_features(workdir, encoder, slide_id, features, attrs=attrs)
 
 
 def feature_group(workdir: Workdir, encoder: str):

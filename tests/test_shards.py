@@ -1,0 +1,111 @@
+"""Direct shard reads of the patch store agree with zarr-python, and refuse what they cannot read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brcatool import stores
+from brcatool.artifacts import Workdir
+from brcatool.errors import ArtifactError
+from brcatool.shards import ShardedPatches, ShardError
+from brcatool.synth.patches import he_patches
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> tuple[Workdir, np.ndarray]:
+    wd = Workdir(tmp_path / "wd")
+    n = 2 * stores.PATCH_SHARD + 9  # two full shards and a partial one
+    patches = he_patches(n, 16, np.random.default_rng(0))
+    stores.write_patches(wd, "slide-a", patches)
+    return wd, patches
+
+
+def test_reads_equal_zarr_for_every_kind_of_range(store) -> None:
+    wd, patches = store
+    fast = ShardedPatches.open(wd.patches_zarr / "slide-a")
+    assert fast is not None and fast.shape == patches.shape and fast.per_shard == stores.PATCH_SHARD
+    arr = stores.read_patches(wd, "slide-a")
+    n, k = len(patches), stores.PATCH_SHARD
+    ranges = [(0, n), (0, 1), (n - 1, n), (k - 1, k + 1), (3, 2 * k + 4), (k, 2 * k), (5, 5)]
+    ranges += [tuple(sorted(np.random.default_rng(i).integers(0, n + 1, 2).tolist())) for i in range(20)]
+    for a, b in ranges:
+        out = np.empty((b - a, 16, 16, 3), np.uint8)
+        fast.read_into(a, b, out)
+        assert np.array_equal(out, np.asarray(arr[a:b])), (a, b)
+        assert np.array_equal(out, patches[a:b]), (a, b)
+
+
+def test_out_of_range_and_wrong_buffers_are_refused(store) -> None:
+    wd, patches = store
+    fast = ShardedPatches.open(wd.patches_zarr / "slide-a")
+    with pytest.raises(IndexError):
+        fast.read_into(0, len(patches) + 1, np.empty((len(patches) + 1, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="C-contiguous uint8"):
+        fast.read_into(0, 2, np.empty((2, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous uint8"):
+        fast.read_into(0, 2, np.empty((2, 16, 16, 6), np.uint8)[..., :3])
+
+
+def test_other_layouts_fall_back_to_zarr(tmp_path: Path, store) -> None:
+    import zarr
+
+    wd, patches = store
+    plain = zarr.create_array(store=str(tmp_path / "plain"), shape=patches.shape, dtype=np.uint8,
+                              chunks=(4, 16, 16, 3), zarr_format=3)  # no sharding
+    plain[:] = patches
+    assert ShardedPatches.open(tmp_path / "plain") is None
+    assert ShardedPatches.open(tmp_path / "nothing-here") is None
+    meta_path = wd.patches_zarr / "slide-a" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["codecs"][0]["configuration"]["codecs"][1]["name"] = "zstd"  # another chunk codec
+    meta_path.write_text(json.dumps(meta))
+    assert ShardedPatches.open(wd.patches_zarr / "slide-a") is None
+
+
+def test_damaged_shards_are_errors_and_one_line_through_the_reader(store) -> None:
+    wd, patches = store
+    arr_dir = wd.patches_zarr / "slide-a"
+    shard = arr_dir / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0x10  # a flipped bit in the index: its CRC32C no longer matches
+    shard.write_bytes(bytes(data))
+    fast = ShardedPatches.open(arr_dir)
+    out = np.empty((4, 16, 16, 3), np.uint8)
+    fast.read_into(0, 4, out)  # shard 0 is intact
+    with pytest.raises(ShardError, match="CRC32C"):
+        fast.read_into(stores.PATCH_SHARD, stores.PATCH_SHARD + 4, out)
+    shard.write_bytes(bytes(data[:100]))  # cut short
+    with pytest.raises(ShardError, match="shorter than its index"):
+        fast.read_into(stores.PATCH_SHARD, stores.PATCH_SHARD + 4, out)
+    shard.unlink()
+    with pytest.raises(ShardError, match="missing"):
+        fast.read_into(stores.PATCH_SHARD, stores.PATCH_SHARD + 4, out)
+    reader = stores.PatchReader(wd, "slide-a")
+    assert reader.fast is not None
+    with pytest.raises(ArtifactError) as err:
+        reader.read_into(stores.PATCH_SHARD, stores.PATCH_SHARD + 4, out)
+    line = err.value.one_line()
+    assert "slide-a" in line and "re-run `brcatool tile`" in line and "\n" not in line
+
+
+def test_absent_chunks_read_as_the_fill_value(store) -> None:
+    """A chunk the index marks absent (offset = nbytes = 2**64-1) reads as zeros, as in zarr."""
+    import google_crc32c
+
+    wd, patches = store
+    shard = wd.patches_zarr / "slide-a" / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    k = stores.PATCH_SHARD
+    index = np.frombuffer(bytes(data[-(16 * k + 4):-4]), "<u8").reshape(k, 2).copy()
+    index[2] = 2**64 - 1
+    raw = index.tobytes()
+    data[-(16 * k + 4):] = raw + google_crc32c.value(raw).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+    out = np.empty((4, 16, 16, 3), np.uint8)
+    ShardedPatches.open(wd.patches_zarr / "slide-a").read_into(0, 4, out)
+    assert not out[2].any() and np.array_equal(out[[0, 1, 3]], patches[[0, 1, 3]])
+    assert np.array_equal(out, np.asarray(stores.read_patches(wd, "slide-a")[0:4]))
