@@ -48,15 +48,27 @@ def make_cohort(root: Path, slides: int, size: int):
     return out / "slides"
 
 
-def _run(cmds: list[list[str]], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
+CPU: dict[str, list[float]] = {}  # mode -> CPU seconds (user + sys) of each run's processes
+
+
+def _cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant, workers included
+    return r.ru_utime + r.ru_stime
+
+
+def _run(cmds: list[list[str]], env: dict[str, str], mode: str = "") -> float:
+    c0, t0 = _cpu(), time.perf_counter()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for c in cmds]
     for p in procs:
         _, err = p.communicate()
         if p.returncode:
             raise SystemExit(f"failed ({p.returncode}): {' '.join(cmds[procs.index(p)])}\n{err[-2000:]}")
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    CPU.setdefault(mode, []).append(_cpu() - c0)
+    return wall
 
 
 def _commands(stage: str, mode: str, args: list[str]) -> list[list[str]]:
@@ -114,7 +126,7 @@ def main() -> None:
                     args = ["-w", str(work), "--encoder", "resnet18", "--weights", "random",
                             "--device", "cpu", "--precision", "fp32", "--num-workers", "0"]
                 env = dict(os.environ) if mode == "serial" else one_thread
-                wall = _run(_commands(stage, mode, args), env)
+                wall = _run(_commands(stage, mode, args), env, f"{stage}-{mode}")
                 work_s[mode].append(unit_seconds(stage, work))
                 return wall
             return run
@@ -123,12 +135,21 @@ def main() -> None:
         ref = res["serial"].median
         # the slides' own work, as the run recorded it (tile: every slide's seconds; embed: the
         # seconds of the units this process ran, so not known for shards, whose last one merges)
-        print(f"\n{stage}: wall seconds min / median / max, speed-up of the median, overhead per slide")
+        print(f"\n{stage}: wall seconds min / median / max, speed-up of the median, overhead per slide, "
+              "CPU seconds (median) and cores busy on average")
         for mode in MODES:
             ways = 1 if mode == "serial" else 2
             over = [(w * ways - u) / opts.slides for w, u in zip(res[mode].values, work_s[mode], strict=True)]
             shown = "   n/a" if stage == "embed" and mode == "shards" else f"{statistics.median(over):6.3f}"
-            print(f"  {res[mode].line()}   x{ref / res[mode].median:4.2f}   {shown} s/slide")
+            cpu = statistics.median(CPU[f"{stage}-{mode}"])
+            print(f"  {res[mode].line()}   x{ref / res[mode].median:4.2f}   {shown} s/slide   "
+                  f"CPU {cpu:6.1f} s   {cpu / res[mode].median:4.2f} cores")
+        # a serial run that already keeps c cores busy leaves at most (cores / c) to gain from more
+        # processes on the same cores, and less when the processes add work of their own
+        busy = statistics.median(CPU[f"{stage}-serial"]) / ref
+        cores = os.cpu_count() or 1
+        print(f"  ceiling on {cores} cores: the serial run keeps {busy:.2f} cores busy, so x{cores / busy:.2f} "
+              "at most from any split of the same work")
 
 
 if __name__ == "__main__":
