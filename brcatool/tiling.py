@@ -426,10 +426,8 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
     if wd.patches_zarr.is_dir():
         for name in set(artifacts.array_names(wd.patches_zarr)) - {file_name(s) for s in with_patches}:
             shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
-        for leftover in wd.patches_zarr.glob(".*.tmp-*"):  # of a process killed mid-slide
-            shutil.rmtree(leftover, ignore_errors=True)
-    # every slide is finished: other temporaries a killed process left are debris too
-    for folder, finals in ((parts / "slides", None), (wd.qc_dir, None),
+    # every slide is finished: temporaries a killed process left (mid-slide arrays too) are debris
+    for folder, finals in ((wd.patches_zarr, None), (parts / "slides", None), (wd.qc_dir, None),
                            (wd.slides_table.parent, (wd.slides_table.name, wd.patches_table.name)),
                            (wd.stage_manifest("tile").parent, ("tile.json", "tile.yaml"))):
         outputs.clean_debris(folder, finals)
