@@ -23,6 +23,7 @@ from brcatool import artifacts
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError
 from brcatool.names import file_name
+from brcatool.shards import ShardedPatches
 
 ID_ATTR = "brcatool.id"  # the slide id an array holds (its name may be a mapped one)
 
@@ -64,12 +65,16 @@ def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
         group.result()
         with artifacts.atomic_path(workdir.patches_zarr / file_name(slide_id)) as tmp:
             arr = _create_patch_array(tmp, slide_id, n, size, attrs)
+            fast = ShardedPatches.open(tmp)  # our own layout: shards written directly (brcatool.shards)
             pending = None
             start = 0
             for batch in itertools.chain([] if first is None else [first], batches):
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(_write_batch, arr, start, batch)
+                whole = fast is not None and start % fast.per_shard == 0 and len(batch) == min(
+                    fast.per_shard, n - start)  # exactly one shard: write its file
+                pending = (writer.submit(fast.write_shard, start // fast.per_shard, batch) if whole
+                           else writer.submit(_write_batch, arr, start, batch))
                 start += len(batch)
             if pending is not None:
                 pending.result()
@@ -161,8 +166,6 @@ class PatchReader:
     """
 
     def __init__(self, workdir: Workdir, slide_id: str) -> None:
-        from brcatool.shards import ShardedPatches
-
         self.slide_id = slide_id
         self.path = workdir.patches_zarr / file_name(slide_id)
         self.fast = ShardedPatches.open(self.path)

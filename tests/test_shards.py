@@ -109,3 +109,32 @@ def test_absent_chunks_read_as_the_fill_value(store) -> None:
     ShardedPatches.open(wd.patches_zarr / "slide-a").read_into(0, 4, out)
     assert not out[2].any() and np.array_equal(out[[0, 1, 3]], patches[[0, 1, 3]])
     assert np.array_equal(out, np.asarray(stores.read_patches(wd, "slide-a")[0:4]))
+
+
+def _files(array_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(array_dir)): p.read_bytes() for p in sorted(array_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("n", [3, 35, stores.PATCH_SHARD, stores.PATCH_SHARD + 6, 2 * stores.PATCH_SHARD + 2])
+def test_shards_written_directly_are_byte_identical_to_zarr(tmp_path: Path, n: int) -> None:
+    """Shard-aligned batches take the direct path, batches of 2 zarr-python's: same files."""
+    patches = he_patches(n, 16, np.random.default_rng(n))
+    direct, viazarr = Workdir(tmp_path / "direct"), Workdir(tmp_path / "zarr")
+    stores.write_patch_batches(direct, "s", n, 16, (patches[i:i + stores.PATCH_SHARD]
+                                                   for i in range(0, n, stores.PATCH_SHARD)))
+    stores.write_patch_batches(viazarr, "s", n, 16, (patches[i:i + 2] for i in range(0, n, 2)))
+    a, b = _files(direct.patches_zarr / "s"), _files(viazarr.patches_zarr / "s")
+    assert a.keys() == b.keys() and len([k for k in a if k.startswith("c")]) == -(-n // stores.PATCH_SHARD)
+    assert a == b
+    assert np.array_equal(np.asarray(stores.read_patches(direct, "s")[:]), patches)
+
+
+def test_write_shard_refuses_what_does_not_fill_the_shard(store) -> None:
+    wd, patches = store
+    fast = ShardedPatches.open(wd.patches_zarr / "slide-a")
+    with pytest.raises(ValueError, match="holds"):
+        fast.write_shard(0, patches[:3])  # a full shard holds PATCH_SHARD patches
+    with pytest.raises(ValueError, match="holds"):
+        fast.write_shard(9, patches[:1])  # past the end
+    with pytest.raises(ValueError, match="holds"):
+        fast.write_shard(2, patches[-9:].astype(np.float32))
