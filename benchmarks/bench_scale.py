@@ -148,7 +148,8 @@ def main() -> None:
         # processes on the same cores, and less when the processes add work of their own
         busy = statistics.median(CPU[f"{stage}-serial"]) / ref
         cores = os.cpu_count() or 1
-        print(f"  ceiling on {cores} cores: the serial run keeps {busy:.2f} cores busy, so x{cores / busy:.2f} "
+        print(f"  ceiling on {cores} cores: the serial run keeps {busy:.2f} cores busy, "
+              f"so x{cores / busy:.2f} "
               "at most from any split of the same work")
 
 

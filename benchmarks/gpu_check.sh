@@ -23,6 +23,7 @@ quiet() { grep -vE 'RANDOM weights|only good for tests|and demos\. Use|^tests an
 } 2>&1 | tee "$LOG/machine.txt"
 nvidia-smi dmon -s u -d 1 >"$LOG/dmon.log" 2>&1 &
 DMON=$!
+trap 'kill "$DMON" 2>/dev/null' EXIT
 
 status=0
 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$LOG/test_cuda.log" || status=1
@@ -34,5 +35,4 @@ $PY benchmarks/bench_embed.py --device cuda --encoders resnet50 --patches 20000 
   || status=1
 $PY benchmarks/bench_embed.py --device cuda --encoders uni --patches 20000 --precisions bf16 \
   --repeats 3 --workdir "$STORE" 2>&1 | quiet | tee "$LOG/bench_embed_vitl.log" || status=1
-kill "$DMON" 2>/dev/null
 exit $status

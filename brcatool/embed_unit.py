@@ -10,6 +10,8 @@ process (``_model``), so a Dask worker running many units loads its weights once
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -209,15 +211,35 @@ class _Upload:
 
 
 _WRITER: list[ProcessPoolExecutor] = []  # this process's feature-writer process, made once
+_WRITER_LOCK = threading.Lock()
 
 
 def _writer_process() -> ProcessPoolExecutor:
     """The child process that writes features (spawned once and warmed up: it has imported
     zarr before the first slide is done; a broken one is replaced)."""
-    if not _WRITER or getattr(_WRITER[0], "_broken", False):
-        _WRITER[:] = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))]
-        _WRITER[0].submit(stores.warm_up)
-    return _WRITER[0]
+    with _WRITER_LOCK:
+        if not _WRITER or getattr(_WRITER[0], "_broken", False):
+            for old in _WRITER:
+                old.shutdown(wait=False, cancel_futures=True)
+            _WRITER[:] = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                              initializer=_writer_init, initargs=(os.getpid(),))]
+            _WRITER[0].submit(stores.warm_up)
+        return _WRITER[0]
+
+
+def _writer_init(parent: int) -> None:
+    """In the writer process: Ctrl-C is the parent's to handle (no second traceback from here), and
+    the process ends when its parent is gone, however it died (kill -9, the OOM killer)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 class _SlideSink:

@@ -32,11 +32,14 @@ class PatchBatches:
     In a DataLoader worker each batch is decoded straight into one of ``ring`` shared-memory
     buffers that the worker reuses in turn, so handing a batch to the main process copies
     nothing and touches no fresh pages (a new shared buffer per batch cost a worker as much as
-    the decoding). This is safe because a DataLoader keeps at most ``prefetch_factor`` batches
-    of a worker in flight and asks a worker for batch ``m + prefetch_factor`` only once the
-    batch before ``m + 1``, of every worker, has been handed to the loop; with
-    ``ring >= prefetch_factor + 2`` a buffer is refilled two loop steps after its batch was
-    handed out, which the stage has by then copied (pinned memory, or ``.float()``).
+    the decoding). This is safe with torch's DataLoader as embed uses it (in order, no persistent
+    workers): batch ``s`` always comes from worker ``s % W``, and the loader sends that worker its
+    next task, batch ``s + P * W`` (P = ``prefetch_factor``), only when it hands batch ``s`` to the
+    loop. That task reuses the buffer of the worker's batch ``ring`` turns earlier, batch
+    ``s + (P - ring) * W``; with ``ring = P + 2`` that is batch ``s - 2W``, which the loop received
+    two of that worker's turns ago and the stage has long copied (into pinned memory on CUDA,
+    before the loop even sees it; with ``.float()`` on a CPU). tests/test_patch_readers.py holds
+    each batch one step longer than the stage does and fails with a ring of P or less.
     """
 
     def __init__(self, root: Path, segments: list[tuple[str, int]], batch_size: int, *,

@@ -46,13 +46,6 @@ class ShardedPatches:
     shape: tuple[int, ...]
     per_shard: int
     blosc: dict[str, Any] = field(default_factory=dict)  # the chunk codec's configuration
-    _scratch: threading.local = field(default_factory=threading.local, repr=False, compare=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_scratch": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _scratch=threading.local())
 
     @classmethod
     def open(cls, path: str | Path) -> ShardedPatches | None:
@@ -76,13 +69,13 @@ class ShardedPatches:
         if n <= 0 or patches.shape != (n, *self.shape[1:]) or patches.dtype != np.uint8:
             raise ValueError(f"shard {k} holds {max(n, 0)} patches of {self.shape[1:]}, got "
                              f"{patches.dtype} {patches.shape}")
-        cfg = self.blosc
-        codec = Blosc(cname=cfg.get("cname", "lz4"), clevel=cfg.get("clevel", 5),
-                      shuffle=_SHUFFLE[cfg.get("shuffle", "noshuffle")], blocksize=cfg.get("blocksize", 0))
+        cfg = self.blosc  # (every field present: checked by _is_patch_layout)
+        codec = Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=_SHUFFLE[cfg["shuffle"]],
+                      blocksize=cfg["blocksize"])
         chunks = [codec.encode(np.ascontiguousarray(p)) for p in patches]
         index = np.full((self.per_shard, 2), EMPTY, "<u8")
         lengths = np.array([len(c) for c in chunks], "<u8")
-        index[:n, 0] = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        index[:n, 0] = np.concatenate([np.zeros(1, "<u8"), np.cumsum(lengths, dtype="<u8")[:-1]])
         index[:n, 1] = lengths
         raw = index.tobytes()
         file = self.path / "c" / str(k) / "0" / "0" / "0"
@@ -121,18 +114,19 @@ class ShardedPatches:
         try:
             size = os.fstat(fd).st_size
             index = _index(fd, size, self.per_shard, k)[lo:hi]
-            present = index[:, 0] != EMPTY
-            if not present.all():
-                out[~present] = 0  # the fill value
-            rows = np.flatnonzero(present)
+            absent = (index[:, 0] == EMPTY) & (index[:, 1] == EMPTY)
+            if absent.any():
+                out[absent] = 0  # the fill value
+            rows = np.flatnonzero(~absent)
             if not rows.size:
                 return
             starts, lengths = index[rows, 0], index[rows, 1]
-            ends = starts + lengths
-            if (ends > size - (16 * self.per_shard + 4)).any():
-                raise ShardError(f"shard {k}: a chunk runs past the data of a {size}-byte file")
+            limit = size - (16 * self.per_shard + 4)  # where the index begins
+            if ((starts > limit) | (lengths > limit - np.minimum(starts, limit))).any():
+                raise ShardError(f"shard {k}: its index points past the data of a {size}-byte file")
+            ends = starts + lengths  # (no overflow: both are within the file now)
             first, last = int(starts.min()), int(ends.max())
-            view = self._buffer(last - first)  # reused: no fresh pages to fault in per read
+            view = _buffer(last - first)  # reused: no fresh pages to fault in per read
             got = os.preadv(fd, [view], first)  # one read for the whole run of chunks
             if got != last - first:
                 raise ShardError(f"shard {k}: short read ({got} of {last - first} bytes)")
@@ -149,11 +143,16 @@ class ShardedPatches:
         finally:
             os.close(fd)
 
-    def _buffer(self, n: int) -> memoryview:
-        buf = getattr(self._scratch, "buf", None)
-        if buf is None or len(buf) < n:
-            buf = self._scratch.buf = bytearray(max(n, 1 << 20))
-        return memoryview(buf)[:n]
+
+
+_SCRATCH = threading.local()  # one read buffer per thread, whichever arrays it reads
+
+
+def _buffer(n: int) -> memoryview:
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = _SCRATCH.buf = bytearray(max(n, 1 << 20))
+    return memoryview(buf)[:n]
 
 
 def _index(fd: int, size: int, per_shard: int, k: int) -> np.ndarray:
@@ -190,9 +189,15 @@ def _is_patch_layout(meta: dict[str, Any]) -> bool:
                 and codec["name"] == "sharding_indexed" and cfg.get("index_location", "end") == "end"
                 and cfg["chunk_shape"] == [1, *shape[1:]]
                 and inner == ["bytes", "blosc"]
-                and cfg["codecs"][1].get("configuration", {}).get("typesize", 1) == 1
-                and cfg["codecs"][1].get("configuration", {}).get("shuffle", "noshuffle") in _SHUFFLE
+                and _blosc_ok(cfg["codecs"][1].get("configuration", {}))
                 and [c["name"] for c in index] == ["bytes", "crc32c"]
                 and index[0].get("configuration", {}).get("endian", "little") == "little")
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
+
+
+def _blosc_ok(cfg: dict[str, Any]) -> bool:
+    """A Blosc configuration written out in full (zarr-python always does; a missing field would
+    mean zarr's own defaults, zstd and bitshuffle, which ``write_shard`` must not guess)."""
+    return (cfg.get("typesize") == 1 and cfg.get("shuffle") in _SHUFFLE and isinstance(cfg.get("cname"), str)
+            and isinstance(cfg.get("clevel"), int) and isinstance(cfg.get("blocksize"), int))

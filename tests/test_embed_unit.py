@@ -48,3 +48,49 @@ def test_non_finite_features_are_one_line_and_not_written(tmp_path: Path, proces
     assert "non-finite features for slide slide-b" in line and "--precision fp32" in line
     assert "\n" not in line and "Traceback" not in line
     assert "slide-b" not in stores.feature_slides(wd, "enc")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended
+
+
+_PARENT = """
+import signal, sys, time
+from brcatool.embed_unit import _writer_process
+ex = _writer_process()
+ex.submit(int).result()
+print(list(ex._processes)[0], flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
+def test_the_writer_process_is_quiet_on_ctrl_c_and_ends_with_its_parent(how: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    child = int(proc.stdout.readline())
+    assert _alive(child)
+    if how == "ctrl-c":  # the terminal sends SIGINT to the whole foreground group
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    else:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child), f"writer process {child} outlived its parent ({how})"

@@ -96,24 +96,28 @@ def test_damaged_artifacts_are_one_line_errors_naming_the_file(trained, tmp_path
     def feature_chunk() -> Path:
         return next(p for p in cw.features_zarr(trained.encoder).rglob("c/*/*/*") if p.is_file())
 
-    # (what to damage, how, the command that reads it, a part of the path its error must name)
+    # (what to damage, how, the command that reads it); the error must name the damaged file (the
+    # array's folder for a Zarr chunk)
     damage = [
-        (lambda: cw.labels_table, lambda p: p.write_bytes(b"PAR1 cut"), gene, "labels"),
-        (lambda: cw.expression_table, lambda p: p.write_bytes(b""), gene, "expression"),
-        (lambda: cw.stage_manifest("prep-expr"), lambda p: p.write_text("{"), gene, "manifest"),
+        (lambda: cw.labels_table, lambda p: p.write_bytes(b"PAR1 cut"), gene),
+        (lambda: cw.expression_table, lambda p: p.write_bytes(b""), gene),
+        (lambda: cw.stage_manifest("prep-expr"), lambda p: p.write_text("{"), gene),
         (lambda: cw.run_dir("r") / "metrics.json", lambda p: p.write_text(json.dumps({"task": "x"})),
-         evaluate, "metrics.json"),
-        (lambda: cw.run_dir("r") / "manifest.json", lambda p: p.write_text("[]"), evaluate, "manifest.json"),
-        (lambda: cw.recipe_settings, lambda p: p.write_text("not json"), gene, "recipe"),
-        (feature_chunk, lambda p: p.write_bytes(b"x"), concat, "features"),
+         evaluate),
+        (lambda: cw.run_dir("r") / "manifest.json", lambda p: p.write_text("[]"), evaluate),
+        (lambda: cw.recipe_settings, lambda p: p.write_text("not json"), gene),
+        (feature_chunk, lambda p: p.write_bytes(b"x"), concat),
+        # a manifest without a status reads as an unfinished embed: the error names its folder
         (lambda: cw.features_dir(trained.encoder) / "manifest.json", lambda p: p.write_text("{}"), concat,
-         "features"),
-        (lambda: cw.splits, lambda p: p.write_text(json.dumps({"folds": "many"})), gene, "splits"),
+         lambda p: p.parent),
+        (lambda: cw.splits, lambda p: p.write_text(json.dumps({"folds": "many"})), gene),
     ]
-    for i, (where, hurt, cmd, named) in enumerate(damage):
+    for i, (where, hurt, cmd, *names) in enumerate(damage):
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(wd.root, copy)
         path = where()
+        chunk = "c" in path.relative_to(copy).parts
+        named = str(names[0](path) if names else path.parents[3] if chunk else path)  # chunk: its array
         assert path.is_file(), (i, path)
         hurt(path)
         res = CliRunner().invoke(app, [*cmd, "-w", str(copy), "-q"])

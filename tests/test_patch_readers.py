@@ -23,11 +23,11 @@ def wd(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _expected(wd) -> np.ndarray:
-    slides = [sid for sid in stores.patch_slides(wd)]
+    slides = list(stores.patch_slides(wd))
     return slides, np.concatenate([np.asarray(stores.read_patches(wd, s)[:]) for s in slides])
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, 1, 2])
 def test_batches_hold_the_right_patches_while_buffers_are_reused(wd, workers: int) -> None:
     """Batches of 3 straddle slides; each worker serves ~6 batches from a ring of PREFETCH + 2
     buffers. A batch must still be intact one loop step later (the stage copies it by then)."""

@@ -92,19 +92,43 @@ def test_damaged_shards_are_errors_and_one_line_through_the_reader(store) -> Non
     assert "slide-a" in line and "re-run `brcatool tile`" in line and "\n" not in line
 
 
-def test_absent_chunks_read_as_the_fill_value(store) -> None:
-    """A chunk the index marks absent (offset = nbytes = 2**64-1) reads as zeros, as in zarr."""
+def _rewrite_index(shard: Path, per_shard: int, edit) -> None:
+    """Apply ``edit`` to a shard's (per_shard, 2) index and store it back with a valid CRC32C."""
     import google_crc32c
 
+    data = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(data[-(16 * per_shard + 4):-4]), "<u8").reshape(per_shard, 2).copy()
+    edit(index)
+    raw = index.tobytes()
+    data[-(16 * per_shard + 4):] = raw + google_crc32c.value(raw).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("entry", [(2**64 - 10, 20), (10, 2**64 - 5), (2**64 - 1, 100), (0, 10**9)])
+def test_index_entries_outside_the_file_are_shard_errors(store, entry) -> None:
+    """Offsets or lengths past the data (wrapping ones, or only the offset marked absent) are
+    ShardErrors, never wrong pixels or an IndexError."""
+    wd, _ = store
+    k = stores.PATCH_SHARD
+    shard = wd.patches_zarr / "slide-a" / "c" / "0" / "0" / "0" / "0"
+
+    def edit(index: np.ndarray) -> None:
+        index[1] = entry
+
+    _rewrite_index(shard, k, edit)
+    with pytest.raises(ShardError, match="points past the data"):
+        ShardedPatches.open(wd.patches_zarr / "slide-a").read_into(0, 3, np.empty((3, 16, 16, 3), np.uint8))
+
+
+def test_absent_chunks_read_as_the_fill_value(store) -> None:
+    """A chunk the index marks absent (offset = nbytes = 2**64-1) reads as zeros, as in zarr."""
     wd, patches = store
     shard = wd.patches_zarr / "slide-a" / "c" / "0" / "0" / "0" / "0"
-    data = bytearray(shard.read_bytes())
-    k = stores.PATCH_SHARD
-    index = np.frombuffer(bytes(data[-(16 * k + 4):-4]), "<u8").reshape(k, 2).copy()
-    index[2] = 2**64 - 1
-    raw = index.tobytes()
-    data[-(16 * k + 4):] = raw + google_crc32c.value(raw).to_bytes(4, "little")
-    shard.write_bytes(bytes(data))
+
+    def edit(index: np.ndarray) -> None:
+        index[2] = 2**64 - 1
+
+    _rewrite_index(shard, stores.PATCH_SHARD, edit)
     out = np.empty((4, 16, 16, 3), np.uint8)
     ShardedPatches.open(wd.patches_zarr / "slide-a").read_into(0, 4, out)
     assert not out[2].any() and np.array_equal(out[[0, 1, 3]], patches[[0, 1, 3]])
@@ -112,20 +136,28 @@ def test_absent_chunks_read_as_the_fill_value(store) -> None:
 
 
 def _files(array_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(array_dir)): p.read_bytes() for p in sorted(array_dir.rglob("*")) if p.is_file()}
+    files = sorted(p for p in array_dir.rglob("*") if p.is_file())
+    return {str(p.relative_to(array_dir)): p.read_bytes() for p in files}
 
 
 @pytest.mark.parametrize("n", [3, 35, stores.PATCH_SHARD, stores.PATCH_SHARD + 6, 2 * stores.PATCH_SHARD + 2])
 def test_shards_written_directly_are_byte_identical_to_zarr(tmp_path: Path, n: int) -> None:
-    """Shard-aligned batches take the direct path, batches of 2 zarr-python's: same files."""
+    """Shard-aligned batches take the direct path; zarr-python writes the references, in batches
+    of 2 (its partial-shard encoder) and in one assignment (its whole-shard encoder). An all-zero
+    patch (the fill value) is stored like any other. Same files, byte for byte."""
     patches = he_patches(n, 16, np.random.default_rng(n))
-    direct, viazarr = Workdir(tmp_path / "direct"), Workdir(tmp_path / "zarr")
+    patches[n // 2] = 0
+    direct, pairs, whole = (Workdir(tmp_path / name) for name in ("direct", "pairs", "whole"))
     stores.write_patch_batches(direct, "s", n, 16, (patches[i:i + stores.PATCH_SHARD]
                                                    for i in range(0, n, stores.PATCH_SHARD)))
-    stores.write_patch_batches(viazarr, "s", n, 16, (patches[i:i + 2] for i in range(0, n, 2)))
-    a, b = _files(direct.patches_zarr / "s"), _files(viazarr.patches_zarr / "s")
-    assert a.keys() == b.keys() and len([k for k in a if k.startswith("c")]) == -(-n // stores.PATCH_SHARD)
-    assert a == b
+    stores.write_patch_batches(pairs, "s", n, 16, (patches[i:i + 2] for i in range(0, n, 2)))
+    arr = stores._create_patch_array(whole.patches_zarr / "s", "s", n, 16, None)
+    arr[...] = patches  # zarr-python alone, the whole array at once
+    a = _files(direct.patches_zarr / "s")
+    assert len([k for k in a if k.startswith("c")]) == -(-n // stores.PATCH_SHARD)
+    assert a == _files(pairs.patches_zarr / "s")
+    assert {k: v for k, v in a.items() if k != "zarr.json"} == {
+        k: v for k, v in _files(whole.patches_zarr / "s").items() if k != "zarr.json"}
     assert np.array_equal(np.asarray(stores.read_patches(direct, "s")[:]), patches)
 
 
