@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ class ShardedPatches:
         cfg = self.blosc  # (every field present: checked by _is_patch_layout)
         codec = Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=_SHUFFLE[cfg["shuffle"]],
                       blocksize=cfg["blocksize"])
-        chunks = [codec.encode(np.ascontiguousarray(p)) for p in patches]
+        # Blosc releases the GIL off the main thread: the patches are encoded on a few threads
+        chunks = list(_encoders().map(lambda p: codec.encode(np.ascontiguousarray(p)), patches))
         index = np.full((self.per_shard, 2), EMPTY, "<u8")
         lengths = np.array([len(c) for c in chunks], "<u8")
         index[:n, 0] = np.concatenate([np.zeros(1, "<u8"), np.cumsum(lengths, dtype="<u8")[:-1]])
@@ -143,6 +145,30 @@ class ShardedPatches:
         finally:
             os.close(fd)
 
+
+
+_ENCODERS: dict[int, ThreadPoolExecutor] = {}  # pid -> pool (a forked child makes its own)
+_ENCODERS_LOCK = threading.Lock()
+
+
+def _encoders() -> ThreadPoolExecutor:
+    """This process's threads for encoding shard chunks (as many as cores, at most 4). Keyed by
+    pid: a pool inherited through fork has no threads, and waiting on it would never end."""
+    with _ENCODERS_LOCK:
+        pid = os.getpid()
+        if pid not in _ENCODERS:
+            _ENCODERS.clear()
+            _ENCODERS[pid] = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
+                                                thread_name_prefix="shard-encode")
+        return _ENCODERS[pid]
+
+
+def _reinit_lock_after_fork() -> None:  # a lock held by another thread at fork stays held in the child
+    global _ENCODERS_LOCK
+    _ENCODERS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_lock_after_fork)
 
 
 _SCRATCH = threading.local()  # one read buffer per thread, whichever arrays it reads

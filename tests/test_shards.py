@@ -170,3 +170,19 @@ def test_write_shard_refuses_what_does_not_fill_the_shard(store) -> None:
         fast.write_shard(9, patches[:1])  # past the end
     with pytest.raises(ValueError, match="holds"):
         fast.write_shard(2, patches[-9:].astype(np.float32))
+
+
+def test_a_forked_child_encodes_with_its_own_threads(tmp_path: Path) -> None:
+    """The encoder threads do not survive fork: a child that inherits the parent's pool must make
+    its own, not wait forever on a pool without threads."""
+    import multiprocessing
+
+    patches = he_patches(stores.PATCH_SHARD, 16, np.random.default_rng(1))
+    stores.write_patches(Workdir(tmp_path / "parent"), "s", patches)  # the parent's pool exists now
+    child = multiprocessing.get_context("fork").Process(
+        target=stores.write_patches, args=(Workdir(tmp_path / "child"), "s", patches))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0, "the forked child hung or failed writing a shard"
+    parent, child_files = (_files(tmp_path / who / "patches.zarr" / "s") for who in ("parent", "child"))
+    assert child_files == parent
