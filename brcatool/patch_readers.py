@@ -111,9 +111,9 @@ class PatchBatches:
             slide_id, n = self.segments[s]
             a, b = lo - self.starts[s], min(hi, self.starts[s + 1]) - self.starts[s]
             part = view[pos:pos + b - a]
-            if part.shape[1:] != self.patch_shape(slide_id):
-                raise ArtifactError(f"slide {slide_id} has {part.shape[1]} px patches, others "
-                                    f"{self.patch_shape(slide_id)[0]}", path=self.root,
+            if part.shape[1:] != self.patch_shape(slide_id):  # (embed checked this up front)
+                raise ArtifactError(f"slide {slide_id} has {self.patch_shape(slide_id)[0]} px patches, "
+                                    f"slides before it {part.shape[1]} px", path=self.root,
                                     fix="tile again with one --patch-size")
             self.read_into(slide_id, int(a), int(b), part)
             if self.stain is not None:
