@@ -17,7 +17,6 @@ import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +416,8 @@ def versions() -> dict[str, str]:
 
 @functools.cache
 def _versions() -> dict[str, str]:  # once per process: each lookup parses a METADATA file
+    from importlib import metadata  # (~10 ms to import: not at every CLI start)
+
     out = {"brcatool": __version__, "python": platform.python_version()}
     for dist in ("torch", "torchvision", "zarr", "pyarrow", "polars", "numpy", "scikit-learn",
                  "openslide-python", "openslide-bin"):
