@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import Series, report_ratio  # benchmarks/ is on sys.path when run as a script
+
 
 def null_encoder(spec):
     """A network with ``spec``'s output size that does no work: (B, 3, H, W) -> (B, dim)."""
@@ -114,10 +116,13 @@ def bench_encoder(name: str, wd, *, device: str, precisions: list[str], repeats:
           f"{repeats} interleaved rounds; img/s as min / median / max")
     print(f"{'precision':>9} | {'bare':^26} | {'embed (steady)':^26} | {'ratio':>5} | "
           f"{'pipeline, null model':^26} | load avg")
+    targets = []
     for precision in precisions:
         bare, emb, pipe = [], [], []
         load0 = os.getloadavg()[0]
+        loads = []
         for _ in range(repeats):
+            loads.append(os.getloadavg()[0])
             bare.append(bare_forward(spec, device=device, precision=precision, batch=batch, size=size,
                                      patches=bare_patches))
             for target, out in ((spec, emb), (null, pipe)):
@@ -128,6 +133,10 @@ def bench_encoder(name: str, wd, *, device: str, precisions: list[str], repeats:
         ratio = statistics.median(emb) / statistics.median(bare)
         print(f"{precision:>9} | {_spread(bare)} | {_spread(emb)} | {ratio:5.2f} | {_spread(pipe)} | "
               f"{load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+        targets.append((precision, Series("embed", emb, loads), Series("bare", bare, loads)))
+    for precision, emb_s, bare_s in targets:  # rates: embed / bare, at least the target
+        report_ratio(f"embed / bare forward, {spec.name} {precision} on {device} (steady img/s)", emb_s,
+                     bare_s, target=0.85 if device == "cuda" else 0.9, at_most=False)
 
 
 def main() -> None:
