@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import interleave  # benchmarks/ is on sys.path when run as a script
+from _common import interleave, report_ratio  # benchmarks/ is on sys.path when run as a script
 
 BRCATOOL = [sys.executable, "-m", "brcatool"]
 MODES = ("serial", "shards", "dask")
@@ -151,6 +151,8 @@ def main() -> None:
         print(f"  ceiling on {cores} cores: the serial run keeps {busy:.2f} cores busy, "
               f"so x{cores / busy:.2f} "
               "at most from any split of the same work")
+        report_ratio(f"{stage} speed-up, 2 shards over serial (wall)", res["serial"], res["shards"],
+                     target=1.7 if stage == "tile" else None, at_most=False)
 
 
 if __name__ == "__main__":
