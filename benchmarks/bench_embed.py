@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Series, report_ratio  # benchmarks/ is on sys.path when run as a script
+from _common import Series, report_ratio, spread  # benchmarks/ is on sys.path when run as a script
 
 
 def null_encoder(spec):
@@ -96,10 +96,6 @@ def _store(root: Path, patches: int, size: int, per_slide: int):
     return wd
 
 
-def _spread(values: list[float]) -> str:
-    return f"{min(values):8.1f} {statistics.median(values):8.1f} {max(values):8.1f}"
-
-
 def bench_encoder(name: str, wd, *, device: str, precisions: list[str], repeats: int, batch_size: int | None,
                   num_workers: int | None, bare_patches: int) -> None:
     from brcatool.embedding import EmbedConfig, _segments, loader_defaults, run_embed
@@ -114,8 +110,8 @@ def bench_encoder(name: str, wd, *, device: str, precisions: list[str], repeats:
                                      spec)
     print(f"\n{spec.name} ({spec.dim}-d, input {size} px), batch {batch}, {workers} reader workers, "
           f"{repeats} interleaved rounds; img/s as min / median / max")
-    print(f"{'precision':>9} | {'bare':^26} | {'embed (steady)':^26} | {'ratio':>5} | "
-          f"{'pipeline, null model':^26} | load avg")
+    print(f"{'precision':>9} | {'bare':^30} | {'embed (steady)':^30} | {'ratio':>5} | "
+          f"{'pipeline, null model':^30} | load avg")
     targets = []
     for precision in precisions:
         bare, emb, pipe = [], [], []
@@ -131,8 +127,8 @@ def bench_encoder(name: str, wd, *, device: str, precisions: list[str], repeats:
                 res = run_embed(wd, cfg, progress=False)  # steady: after the first batch
                 out.append(res.steady_patches_per_s or res.patches_per_s)
         ratio = statistics.median(emb) / statistics.median(bare)
-        print(f"{precision:>9} | {_spread(bare)} | {_spread(emb)} | {ratio:5.2f} | {_spread(pipe)} | "
-              f"{load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+        cols = [spread(v, "8.1f") for v in (bare, emb)] + [f"{ratio:5.2f}", spread(pipe, "8.1f")]
+        print(f"{precision:>9} | {' | '.join(cols)} | {load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
         targets.append((precision, Series("embed", emb, loads), Series("bare", bare, loads)))
     for precision, emb_s, bare_s in targets:  # rates: embed / bare, at least the target
         report_ratio(f"embed / bare forward, {spec.name} {precision} on {device} (steady img/s)", emb_s,

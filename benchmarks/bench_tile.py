@@ -299,7 +299,8 @@ def part_phases(slide: Path, base: Path, repeats: int) -> None:
     costs["Blosc-LZ4 encode"] = cpu(lambda: [codec.encode(r) for r in rgbs])
     wd = artifacts.Workdir(base / "phases-store")
     shutil.rmtree(wd.root, ignore_errors=True)
-    costs["stores.write_patches (encode + zarr)"] = cpu(lambda: stores.write_patches(wd, "x", np.stack(rgbs)))
+    costs["stores.write_patches (encode + store)"] = cpu(
+        lambda: stores.write_patches(wd, "x", np.stack(rgbs)))
     s.close()
     print(f"  CPU ms per patch over {len(xy)} patches of {slide.name} (load {os.getloadavg()[0]:.1f}):")
     for name, ms in costs.items():

@@ -147,28 +147,28 @@ class ShardedPatches:
 
 
 
-_ENCODERS: dict[int, ThreadPoolExecutor] = {}  # pid -> pool (a forked child makes its own)
+_ENCODERS: list[ThreadPoolExecutor] = []
 _ENCODERS_LOCK = threading.Lock()
 
 
 def _encoders() -> ThreadPoolExecutor:
-    """This process's threads for encoding shard chunks (as many as cores, at most 4). Keyed by
-    pid: a pool inherited through fork has no threads, and waiting on it would never end."""
+    """This process's threads for encoding shard chunks (as many as cores, at most 4)."""
     with _ENCODERS_LOCK:
-        pid = os.getpid()
-        if pid not in _ENCODERS:
-            _ENCODERS.clear()
-            _ENCODERS[pid] = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
-                                                thread_name_prefix="shard-encode")
-        return _ENCODERS[pid]
+        if not _ENCODERS:
+            _ENCODERS.append(ThreadPoolExecutor(min(4, os.cpu_count() or 1),
+                                                thread_name_prefix="shard-encode"))
+        return _ENCODERS[0]
 
 
-def _reinit_lock_after_fork() -> None:  # a lock held by another thread at fork stays held in the child
+def _forget_encoders_after_fork() -> None:
+    """In a forked child: a pool inherited through fork has no threads (waiting on it would never
+    end) and a lock another thread held at fork stays held; the child makes its own."""
     global _ENCODERS_LOCK
     _ENCODERS_LOCK = threading.Lock()
+    _ENCODERS.clear()
 
 
-os.register_at_fork(after_in_child=_reinit_lock_after_fork)
+os.register_at_fork(after_in_child=_forget_encoders_after_fork)
 
 
 _SCRATCH = threading.local()  # one read buffer per thread, whichever arrays it reads

@@ -22,7 +22,7 @@ def wd(tmp_path_factory: pytest.TempPathFactory):
                               seed=3)
 
 
-def _expected(wd) -> np.ndarray:
+def _expected(wd) -> tuple[list[str], np.ndarray]:
     slides = list(stores.patch_slides(wd))
     return slides, np.concatenate([np.asarray(stores.read_patches(wd, s)[:]) for s in slides])
 
