@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from brcatool import threads
+
 EMPTY = 2**64 - 1  # an absent chunk's offset and nbytes in a shard index
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}  # zarr's names -> numcodecs' Blosc values
 _BLOSC_HEADER = 16  # version, versionlz, flags, typesize, nbytes, blocksize, cbytes (uint32 LE)
@@ -146,29 +148,9 @@ class ShardedPatches:
             os.close(fd)
 
 
-
-_ENCODERS: list[ThreadPoolExecutor] = []
-_ENCODERS_LOCK = threading.Lock()
-
-
 def _encoders() -> ThreadPoolExecutor:
     """This process's threads for encoding shard chunks (as many as cores, at most 4)."""
-    with _ENCODERS_LOCK:
-        if not _ENCODERS:
-            _ENCODERS.append(ThreadPoolExecutor(min(4, os.cpu_count() or 1),
-                                                thread_name_prefix="shard-encode"))
-        return _ENCODERS[0]
-
-
-def _forget_encoders_after_fork() -> None:
-    """In a forked child: a pool inherited through fork has no threads (waiting on it would never
-    end) and a lock another thread held at fork stays held; the child makes its own."""
-    global _ENCODERS_LOCK
-    _ENCODERS_LOCK = threading.Lock()
-    _ENCODERS.clear()
-
-
-os.register_at_fork(after_in_child=_forget_encoders_after_fork)
+    return threads.pool("shard-encode", threads.cores(4))
 
 
 _SCRATCH = threading.local()  # one read buffer per thread, whichever arrays it reads

@@ -205,10 +205,62 @@ def to_rgb(rgba: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def read_rgb(slide: Any, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
-    """RGB region of ``w`` x ``h`` level pixels whose top-left is (x, y) in level-0 pixels."""
-    img = slide.read_region((int(x), int(y)), int(level), (int(w), int(h)))
-    return to_rgb(np.asarray(img))
+def read_rgb(slide: Any, x: int, y: int, level: int, w: int, h: int, *, threads: int = 1) -> np.ndarray:
+    """RGB region of ``w`` x ``h`` level pixels whose top-left is (x, y) in level-0 pixels.
+
+    An ``openslide.OpenSlide`` is read straight into a numpy buffer (openslide's premultiplied
+    ARGB; no PIL image, no copy) and, with ``threads`` > 1, in horizontal bands cut at tile rows,
+    read at once (openslide decodes without the GIL): a thumbnail reads ~2x faster on 2 cores. The
+    pixels are exactly those of ``read_region`` (tests/test_slides.py).
+    """
+    x, y, level, w, h = int(x), int(y), int(level), int(w), int(h)
+    argb = _read_argb(slide, x, y, level, w, h, threads) if w > 0 and h > 0 else None
+    if argb is None:
+        return to_rgb(np.asarray(slide.read_region((x, y), level, (w, h))))
+    import cv2
+
+    bgra = argb.view(np.uint8).reshape(h, w, 4)  # little-endian ARGB words: B, G, R, A bytes
+    if cv2.minMaxLoc(cv2.extractChannel(bgra, 3))[0] == 255:  # opaque: premultiplied = straight
+        return cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
+    from openslide import _convert
+
+    _convert.argb2rgba(argb)  # un-premultiply in place, as read_region does
+    return to_rgb(argb.view(np.uint8).reshape(h, w, 4))
+
+
+def _read_argb(slide: Any, x: int, y: int, level: int, w: int, h: int, threads: int) -> np.ndarray | None:
+    """``openslide_read_region`` into a uint32 ``(h, w)`` array; None when ``slide`` is not an
+    ``openslide.OpenSlide`` or this openslide-python lacks the call (the caller then uses
+    ``read_region``)."""
+    import ctypes
+
+    import openslide
+    from openslide import lowlevel
+
+    read = getattr(lowlevel, "_read_region", None)
+    if type(slide) is not openslide.OpenSlide or read is None or not hasattr(slide, "_osr"):
+        return None
+    out = np.empty((h, w), np.uint32)
+
+    def band(a: int, b: int) -> None:  # rows a:b of the region (whole level-0 pixels: see below)
+        read(slide._osr, out[a:b].ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), x,
+             y + int(a * d), level, w, b - a)
+
+    d = float(slide.level_downsamples[level])
+    cuts = [0, h]
+    # bands only where a band's level-0 start maps back to a whole level row exactly
+    if threads > 1 and d == int(d) and y % int(d) == 0:
+        tile_h = int(slide.properties.get(f"openslide.level[{level}].tile-height", 0) or 0) or 256
+        step = -(-max(tile_h, -(-h // threads)) // tile_h) * tile_h  # rows per band, whole tiles
+        first = (-(y // int(d))) % tile_h  # the first region row that starts a tile row
+        cuts = sorted({0, h, *(c for c in range(first or step, h, step) if 0 < c < h)})
+    if len(cuts) == 2:
+        band(0, h)
+    else:
+        from brcatool import threads as pools
+
+        list(pools.pool("region-bands", pools.cores(4)).map(band, cuts[:-1], cuts[1:]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -248,7 +300,8 @@ def read_patch(slide: Any, x: int, y: int, plan: ReadPlan) -> np.ndarray:
     return rgb
 
 
-def read_thumbnail(slide: Any, max_side: int = 2048, block: int = 4096) -> tuple[np.ndarray, float]:
+def read_thumbnail(slide: Any, max_side: int = 2048, block: int = 4096, *,
+                   threads: int = 1) -> tuple[np.ndarray, float]:
     """RGB overview (long side between ``max_side / 2`` and ``max_side``) and its downsample.
 
     Reads the coarsest level that still gives ``max_side / 2`` px, in blocks, resizing each, so
@@ -267,7 +320,7 @@ def read_thumbnail(slide: Any, max_side: int = 2048, block: int = 4096) -> tuple
     scale = d / want  # output px per level px (<= 1)
     ow, oh = max(1, int(round(w0 / want))), max(1, int(round(h0 / want)))
     if scale >= 0.999 and lw * lh <= block * block:
-        rgb = read_rgb(slide, 0, 0, level, lw, lh)
+        rgb = read_rgb(slide, 0, 0, level, lw, lh, threads=threads)
         if (lw, lh) != (ow, oh):
             rgb = cv2.resize(rgb, (ow, oh), interpolation=cv2.INTER_AREA)
         return rgb, w0 / ow
@@ -275,7 +328,7 @@ def read_thumbnail(slide: Any, max_side: int = 2048, block: int = 4096) -> tuple
     for by in range(0, lh, block):
         for bx in range(0, lw, block):
             bw, bh = min(block, lw - bx), min(block, lh - by)
-            region = read_rgb(slide, int(bx * d), int(by * d), level, bw, bh)
+            region = read_rgb(slide, int(bx * d), int(by * d), level, bw, bh, threads=threads)
             x0, y0 = int(round(bx * scale)), int(round(by * scale))
             x1, y1 = min(ow, int(round((bx + bw) * scale))), min(oh, int(round((by + bh) * scale)))
             if x1 > x0 and y1 > y0:

@@ -16,13 +16,12 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, locks, outputs, slides, stores
+from brcatool import artifacts, locks, outputs, slides, stores, threads
 from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
 from brcatool.errors import ArtifactError, BrcaError, InputError
 from brcatool.executors import RunOptions, make_executor
@@ -64,7 +63,7 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
             w0, h0 = slide.dimensions
             mpp0 = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
             plan = slides.plan_read(slide, mpp0, cfg.target_mpp, cfg.patch_size)
-            thumb, ds = slides.read_thumbnail(slide)
+            thumb, ds = slides.read_thumbnail(slide, threads=READ_THREADS)
         finally:
             slide.close()
         mask = tissue_mask(thumb, method=cfg.tissue_method, min_area_px=cfg.min_area / (ds * mpp0) ** 2)
@@ -77,7 +76,7 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
     except Exception as exc:  # noqa: BLE001 - any failure of one slide becomes its row
         return _failed(entry, exc, t0)
     base = qc.base(thumb, mask)  # kept in memory (768 px); boxes are drawn once patches are chosen
-    qupath_geojson.write_tissue(qc_dir, entry.slide_id, mask, ds)  # tissue outlines for QuPath
+    qc.submit(qupath_geojson.write_tissue, qc_dir, entry.slide_id, mask, ds)  # outlines for QuPath
     status = "ok" if len(xy) else "no_tissue"
     if status == "no_tissue":
         qc.write(qc_dir / f"{file_name(entry.slide_id)}.png", qc.encode(base))
@@ -115,11 +114,11 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
                 # into the buffer (one task per thread and batch, not one per patch)
                 bufs = np.empty((2, stores.PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
                 ks = range(READ_THREADS)
-                with ThreadPoolExecutor(READ_THREADS) as readers:
-                    for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
-                        part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
-                        list(readers.map(read_into, [buf] * len(ks), [part] * len(ks), ks))
-                        yield buf[: len(part)]
+                readers = threads.pool("patch-read", READ_THREADS)
+                for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
+                    part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
+                    list(readers.map(read_into, [buf] * len(ks), [part] * len(ks), ks))
+                    yield buf[: len(part)]
 
             attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
                      "size": plan.out_size, "level": plan.level}

@@ -110,3 +110,32 @@ def test_thumbnail_blockwise_equals_whole(pyramid: Path) -> None:
     assert whole.shape == blocks.shape == (192, 256, 3)
     # block seams may shift a pixel's interpolation; the picture must stay the same
     assert np.abs(whole.astype(int) - blocks.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_direct_and_banded_reads_equal_read_region(pyramid: Path, threads: int) -> None:
+    """read_rgb reads openslide's buffer directly (and in bands on threads): the pixels must be
+    read_region's exactly, transparent edges (composited onto white) and odd offsets included."""
+    data = Path(__file__).parent / "data"
+    cases = [(pyramid, 0, 0, 0, 1024, 768), (pyramid, 0, 100, 0, 1000, 700),  # band cuts off tile rows
+             (pyramid, 512, 300, 0, 700, 600),  # runs past the right and bottom edges: alpha 0
+             (pyramid, 0, 0, 1, 256, 192), (pyramid, 8, 12, 1, 300, 250),  # y = 12 not a level-1 row: one band
+             (data / "small.svs", 0, 0, 0, 16, 16), (data / "boxes.tiff", 0, 0, 0, 400, 300),
+             (data / "boxes.tiff", 30, 50, 1, 180, 140)]
+    for path, x, y, level, w, h in cases:
+        with openslide.OpenSlide(str(path)) as s:
+            want = slides.to_rgb(np.asarray(s.read_region((x, y), level, (w, h))))
+            got = slides.read_rgb(s, x, y, level, w, h, threads=threads)
+        assert got.dtype == np.uint8 and got.shape == (h, w, 3)
+        assert np.array_equal(got, want), (path.name, x, y, level, w, h)
+
+
+def test_direct_read_of_a_corrupt_tile_raises_like_read_region() -> None:
+    bad = Path(__file__).parent / "data" / "unreadable.svs"
+    with openslide.OpenSlide(str(bad)) as s:
+        w, h = s.level_dimensions[0]
+        with pytest.raises(openslide.OpenSlideError):
+            s.read_region((0, 0), 0, (w, h))
+    with openslide.OpenSlide(str(bad)) as s:
+        with pytest.raises(openslide.OpenSlideError):
+            slides.read_rgb(s, 0, 0, 0, w, h, threads=2)

@@ -45,8 +45,9 @@ _POINT_BLOCK = 4096  # points tested per block (memory: block x vertices boolean
 # --------------------------------------------------------------------------- writing
 def _ring(points: np.ndarray) -> list[list[float]]:
     v = np.asarray(points, dtype=np.float64)
-    if np.array_equal(v, np.round(v)):  # whole numbers (the usual mask outlines): round(x, 2) is x
-        pts = v.tolist()
+    if np.array_equal(v, np.round(v)) and np.abs(v).max(initial=0) < 2**53:
+        pts = v.astype(np.int64).tolist()  # whole numbers (the usual mask outlines) as JSON integers:
+        # the same numbers to any reader, ~3x cheaper to list and encode than floats
     else:
         pts = [[round(x, 2), round(y, 2)] for x, y in v.tolist()]
     if pts and pts[0] != pts[-1]:
