@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, outputs, stores
+from brcatool import artifacts, outputs, stores, zarr_io
 from brcatool.artifacts import Workdir
 from brcatool.devices import resolve_device, resolve_precision
 from brcatool.embed_unit import EmbedJob, embed_unit, finished
@@ -101,7 +101,7 @@ def _segments(wd: Workdir) -> _PatchIndex:
     if tile.get("params", {}).get("no_pixels"):
         return _slide_index(wd, table, float(tile["params"]["target_mpp"]))
     wd.require(wd.patches_zarr, made_by="tile")
-    group = artifacts.open_group(wd.patches_zarr, schema="patch-store")
+    group = zarr_io.open_group(wd.patches_zarr, schema="patch-store")
     counts = table.group_by("slide_id", maintain_order=True).len()
     patients = dict(zip(table["slide_id"], table["patient_id"], strict=True))
     segments, sizes = [], set()

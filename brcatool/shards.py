@@ -1,14 +1,15 @@
 """Whole-patch reads and writes straight from and to the shard files of the Zarr v3 patch arrays.
 
-zarr-python creates every patch array (its zarr.json) and reads and writes anything else; this is
-the path of the patch data itself: tile writes each shard file here, and embed's DataLoader
-workers read them here. Through zarr-python, a sharded write costs ~0.7 ms of Python per patch on
-top of the Blosc encode (a 35-patch slide: ~25 ms, more than its patch reads), and a read ~0.3 ms
-per 256 px patch against ~0.015 ms for the LZ4 decode itself, which capped one reader process at
-~3,000 patches/s and held a GPU embed of ResNet-50 (bf16, H200) to half the model's speed. Here
-each shard file is written in one go, or read with one ``pread`` per contiguous run of chunks, its
-index checked, and every chunk decoded by numcodecs' Blosc straight into the caller's buffer. The
-files written are byte-identical to zarr-python's (tests/test_shards.py; tile's recorded digests).
+zarr-python reads and writes anything else; this is the path of the patch data itself: tile
+creates each patch array (its zarr.json, as zarr-python writes it) and writes each shard file
+here, and embed's DataLoader workers read them here. Through zarr-python, a sharded write costs
+~0.7 ms of Python per patch on top of the Blosc encode (a 35-patch slide: ~25 ms, more than its
+patch reads), and a read ~0.3 ms per 256 px patch against ~0.015 ms for the LZ4 decode itself,
+which capped one reader process at ~3,000 patches/s and held a GPU embed of ResNet-50 (bf16,
+H200) to half the model's speed. Here each shard file is written in one go, or read with one
+``pread`` per contiguous run of chunks, its index checked, and every chunk decoded by numcodecs'
+Blosc straight into the caller's buffer. The files written are byte-identical to zarr-python's
+(tests/test_shards.py; tile's recorded digests).
 
 The layout is the Zarr v3 sharding codec's (``sharding_indexed``, index at the end): the shard
 ``c/<k>/0/0/0`` holds its chunks, in order from offset 0, then ``chunks_per_shard`` pairs of
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from brcatool import threads
+from brcatool.zarr_io import zarr_json
 
 EMPTY = 2**64 - 1  # an absent chunk's offset and nbytes in a shard index
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}  # zarr's names -> numcodecs' Blosc values
@@ -146,6 +148,33 @@ class ShardedPatches:
                 decompress(chunk, out[row])
         finally:
             os.close(fd)
+
+
+def create_patch_array(path: str | Path, n: int, size: int, per_shard: int, blosc: dict[str, Any],
+                       attributes: dict[str, Any]) -> ShardedPatches:
+    """A new, empty patch array at ``path``: its zarr.json, byte for byte what zarr-python writes for
+    ``zarr.create_array(shape=(n, size, size, 3), dtype=uint8, chunks=(1, size, size, 3),
+    shards=(per_shard, size, size, 3), compressors=BloscCodec(**blosc), attributes=attributes)``
+    (tests/test_shards.py), so tile never imports zarr-python. ``blosc``: every field of the codec's
+    configuration, in zarr's order (typesize, cname, clevel, shuffle, blocksize)."""
+    meta = {"shape": [n, size, size, 3], "data_type": "uint8",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [per_shard, size, size, 3]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0,
+            "codecs": [{"name": "sharding_indexed", "configuration": {
+                "chunk_shape": [1, size, size, 3],
+                "codecs": [{"name": "bytes"}, {"name": "blosc", "configuration": dict(blosc)}],
+                "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                                 {"name": "crc32c"}],
+                "index_location": "end"}}],
+            "attributes": dict(attributes), "zarr_format": 3, "node_type": "array",
+            "storage_transformers": []}
+    if not _is_patch_layout(meta):
+        raise ValueError(f"not a patch array layout: {n} x {size} px, {per_shard} per shard, {blosc}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "zarr.json").write_bytes(zarr_json(meta))
+    return ShardedPatches(path, (n, size, size, 3), per_shard, dict(blosc))
 
 
 def _encoders() -> ThreadPoolExecutor:

@@ -11,7 +11,6 @@ it is a plain name, see ``brcatool.names``) and stamped with the id; each array 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,25 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts
+from brcatool import artifacts, zarr_io
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError
 from brcatool.names import file_name
-from brcatool.shards import ShardedPatches
+from brcatool.shards import ShardedPatches, create_patch_array
 
 ID_ATTR = "brcatool.id"  # the slide id an array holds (its name may be a mapped one)
 
 PATCH_SHARD = 64  # patches per shard file: few files, still cheap partial reads
 
 
-def _patch_codec() -> Any:
-    """Blosc LZ4, level 5, no shuffle (uint8): on H&E patches ~0.5 ms/patch to encode and
-    ~0.2 ms to decode, vs ~2.2 / 0.7 ms for zstd level 1, for ~0.84 vs ~0.66 of raw size.
-    Tiling then runs at about raw-read speed; any Zarr v3 reader decodes it (blosc is standard).
-    """
-    from zarr.codecs import BloscCodec
-
-    return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+#: Blosc LZ4, level 5, no shuffle (uint8): on H&E patches ~0.5 ms/patch to encode and ~0.2 ms to
+#: decode, vs ~2.2 / 0.7 ms for zstd level 1, for ~0.84 vs ~0.66 of raw size. Tiling then runs at
+#: about raw-read speed; any Zarr v3 reader decodes it (blosc is standard). Written out in full, as
+#: zarr-python writes it.
+PATCH_BLOSC = {"typesize": 1, "cname": "lz4", "clevel": 5, "shuffle": "noshuffle", "blocksize": 0}
 
 
 def _feature_codec() -> Any:
@@ -52,47 +48,42 @@ def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
                         batches: Iterable[np.ndarray], attrs: dict[str, Any] | None = None) -> Path:
     """Write one slide's patches from an iterator of batches, atomically, one shard in memory.
 
-    A shard is compressed and written in a thread while the caller reads the next batch
-    (both release the GIL), so tiling overlaps slide reads with store writes. Encoding a whole
-    shard's chunks as one batch halves zarr's per-chunk overhead (~4 -> ~2 ms CPU per patch).
-    The same thread first imports zarr (the heaviest import of the tile stage) and opens the store,
-    while the caller reads the first batch.
+    A shard is compressed and written in a thread while the caller reads the next batch (both
+    release the GIL), so tiling overlaps slide reads with store writes. The array's zarr.json and
+    every batch that is one whole shard are written directly (``shards``: no zarr-python import, the
+    same bytes); other batches go through zarr-python.
     """
-    batches = iter(batches)
-    with ThreadPoolExecutor(1) as writer:
-        group = writer.submit(artifacts.open_group, workdir.patches_zarr, schema="patch-store", create=True)
-        first = next(batches, None)
-        group.result()
-        with artifacts.atomic_path(workdir.patches_zarr / file_name(slide_id)) as tmp:
-            arr = _create_patch_array(tmp, slide_id, n, size, attrs)
-            fast = ShardedPatches.open(tmp)  # our own layout: shards written directly (brcatool.shards)
-            pending = None
-            start = 0
-            for batch in itertools.chain([] if first is None else [first], batches):
-                if pending is not None:
-                    pending.result()
-                whole = fast is not None and start % fast.per_shard == 0 and len(batch) == min(
-                    fast.per_shard, n - start)  # exactly one shard: write its file
-                pending = (writer.submit(fast.write_shard, start // fast.per_shard, batch) if whole
-                           else writer.submit(_write_batch, arr, start, batch))
-                start += len(batch)
+    zarr_io.ensure_group(workdir.patches_zarr, schema="patch-store")
+    with ThreadPoolExecutor(1) as writer, \
+            artifacts.atomic_path(workdir.patches_zarr / file_name(slide_id)) as tmp:
+        fast = create_patch_array(tmp, n, size, max(1, min(n, PATCH_SHARD)), PATCH_BLOSC,
+                                  {**(attrs or {}), ID_ATTR: slide_id})
+        arr = None
+        pending = None
+        start = 0
+        for batch in batches:
             if pending is not None:
                 pending.result()
-            if start != n:
-                raise ValueError(f"{slide_id}: got {start} patches, expected {n}")
+            if start % fast.per_shard == 0 and len(batch) == min(fast.per_shard, n - start):
+                pending = writer.submit(fast.write_shard, start // fast.per_shard, batch)  # one whole shard
+            else:
+                arr = arr if arr is not None else _zarr_array(tmp)
+                pending = writer.submit(_write_batch, arr, start, batch)
+            start += len(batch)
+        if pending is not None:
+            pending.result()
+        if start != n:
+            raise ValueError(f"{slide_id}: got {start} patches, expected {n}")
     return workdir.patches_zarr / file_name(slide_id)
 
 
-def _create_patch_array(path: Path, slide_id: str, n: int, size: int, attrs: dict[str, Any] | None) -> Any:
+def _zarr_array(path: Path) -> Any:
     import zarr
 
-    return zarr.create_array(
-        store=str(path), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
-        shards=(max(1, min(n, PATCH_SHARD)), size, size, 3), compressors=_patch_codec(),
-        attributes={**(attrs or {}), ID_ATTR: slide_id}, zarr_format=3, overwrite=True,
-        # no per-patch "equals the fill value?" scan (zarr's array_equal cost as much CPU as the
-        # slide read itself); a patch is never all zeros (reads are composited onto white)
-        config={"write_empty_chunks": True})
+    # no per-patch "equals the fill value?" scan (zarr's array_equal cost as much CPU as the
+    # slide read itself); a patch is never all zeros (reads are composited onto white)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return zarr.open_array(str(path), mode="r+", zarr_format=3)
 
 
 def _write_batch(arr: Any, start: int, batch: np.ndarray) -> None:
@@ -114,7 +105,7 @@ def write_patches(workdir: Workdir, slide_id: str, patches: np.ndarray,
 
 def read_patches(workdir: Workdir, slide_id: str):
     """The slide's patch array (lazy Zarr array; index it to read)."""
-    group = artifacts.open_group(workdir.patches_zarr, schema="patch-store")
+    group = zarr_io.open_group(workdir.patches_zarr, schema="patch-store")
     return member(group, slide_id)
 
 
@@ -190,7 +181,7 @@ def slide_ids(group_path: str | Path) -> list[str]:
     import json
 
     out = []
-    for name in artifacts.array_names(group_path):
+    for name in zarr_io.array_names(group_path):
         sid = name
         if "~" in name:
             try:
@@ -211,9 +202,9 @@ def write_features(workdir: Workdir, encoder: str, slide_id: str, features: np.n
     if features.ndim != 3:
         raise ValueError(f"features must be (views, n, dim), got {features.shape}")
     features = features.astype(np.float16, copy=False)
-    artifacts.open_group(workdir.features_zarr(encoder), schema="feature-store", create=True)
+    zarr_io.open_group(workdir.features_zarr(encoder), schema="feature-store", create=True)
     v, n, d = features.shape
-    return artifacts.write_array(workdir.features_zarr(encoder), file_name(slide_id), features,
+    return zarr_io.write_array(workdir.features_zarr(encoder), file_name(slide_id), features,
                                  chunks=(v, max(1, n), d), attrs={**(attrs or {}), ID_ATTR: slide_id},
                                  compressors=_feature_codec())
 
@@ -237,7 +228,7 @@ def write_slide_features(workdir: Workdir, encoder: str, slide_id: str, features
 
 def feature_group(workdir: Workdir, encoder: str):
     """The encoder's feature store; open it once and read ``member(group, slide_id)`` per slide."""
-    return artifacts.open_group(workdir.features_zarr(encoder), schema="feature-store")
+    return zarr_io.open_group(workdir.features_zarr(encoder), schema="feature-store")
 
 
 def read_features(workdir: Workdir, encoder: str, slide_id: str) -> np.ndarray:

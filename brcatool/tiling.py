@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from brcatool import artifacts, locks, outputs, slides, stores, threads
+from brcatool import artifacts, locks, outputs, slides, stores, threads, zarr_io
 from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
 from brcatool.errors import ArtifactError, BrcaError, InputError
 from brcatool.executors import RunOptions, make_executor
@@ -57,15 +57,13 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
     """Phase 1: mask and candidates of one slide (a failed row instead of an exception); the QC
     base image is drawn in ``qc``'s thread."""
     t0 = time.perf_counter()
+    slide = None
     try:
         slide = slides.open_slide(entry.path)
-        try:
-            w0, h0 = slide.dimensions
-            mpp0 = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
-            plan = slides.plan_read(slide, mpp0, cfg.target_mpp, cfg.patch_size)
-            thumb, ds = slides.read_thumbnail(slide, threads=READ_THREADS)
-        finally:
-            slide.close()
+        w0, h0 = slide.dimensions
+        mpp0 = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
+        plan = slides.plan_read(slide, mpp0, cfg.target_mpp, cfg.patch_size)
+        thumb, ds = slides.read_thumbnail(slide, threads=READ_THREADS)
         mask = tissue_mask(thumb, method=cfg.tissue_method, min_area_px=cfg.min_area / (ds * mpp0) ** 2)
         stride0 = (cfg.stride or cfg.patch_size) * plan.size0 / cfg.patch_size
         xy, frac = candidate_grid(mask, (w0, h0), plan.size0, stride0, cfg.min_tissue)
@@ -74,6 +72,8 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
             xy, frac, roi_status, roi_note = qupath_geojson.roi_filter(
                 cfg.roi, cfg.roi_missing, entry.slide_id, xy, frac, plan.size0, cfg.roi_class)
     except Exception as exc:  # noqa: BLE001 - any failure of one slide becomes its row
+        if slide is not None:
+            slide.close()
         return _failed(entry, exc, t0)
     base = qc.base(thumb, mask)  # kept in memory (768 px); boxes are drawn once patches are chosen
     qc.submit(qupath_geojson.write_tissue, qc_dir, entry.slide_id, mask, ds)  # outlines for QuPath
@@ -87,7 +87,8 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
         status, error = roi_status or status, roi_note
     return {"slide_id": entry.slide_id, "status": status, "error": error, "width": w0,
             "height": h0, "mpp": mpp0, "n_candidates": len(xy), "seconds": time.perf_counter() - t0,
-            "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan), "qc_base": base}
+            "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan), "qc_base": base,
+            "slide": slide}  # open until the unit ends (extract reads it; closed by tile_unit)
 
 
 def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarray, cfg: TileConfig,
@@ -101,32 +102,29 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
     plan = slides.ReadPlan(**scan["plan"])
     xy, frac = scan["xy"][idx], scan["frac"][idx]
     png = qc.encode(scan["qc_base"], (xy, plan.size0, scan["width"]))
+    slide = None if cfg.no_pixels else scan["slide"]
+
+    def read_into(buf: np.ndarray, part: np.ndarray, k: int) -> None:
+        for i in range(k, len(part), READ_THREADS):  # reader k: every READ_THREADS-th patch
+            buf[i] = slides.read_patch(slide, int(part[i, 0]), int(part[i, 1]), plan)
+
+    def batches() -> Iterable[np.ndarray]:
+        # two buffers: one is filled while the writer still holds the other; openslide
+        # is thread-safe and decodes without the GIL, so a few threads read at once, each
+        # into the buffer (one task per thread and batch, not one per patch)
+        bufs = np.empty((2, stores.PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
+        ks = range(READ_THREADS)
+        readers = threads.pool("patch-read", READ_THREADS)
+        for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
+            part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
+            list(readers.map(read_into, [buf] * len(ks), [part] * len(ks), ks))
+            yield buf[: len(part)]
+
     try:
-        slide = None if cfg.no_pixels else slides.open_slide(entry.path)
-        try:
-            def read_into(buf: np.ndarray, part: np.ndarray, k: int) -> None:
-                for i in range(k, len(part), READ_THREADS):  # reader k: every READ_THREADS-th patch
-                    buf[i] = slides.read_patch(slide, int(part[i, 0]), int(part[i, 1]), plan)
-
-            def batches() -> Iterable[np.ndarray]:
-                # two buffers: one is filled while the writer still holds the other; openslide
-                # is thread-safe and decodes without the GIL, so a few threads read at once, each
-                # into the buffer (one task per thread and batch, not one per patch)
-                bufs = np.empty((2, stores.PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
-                ks = range(READ_THREADS)
-                readers = threads.pool("patch-read", READ_THREADS)
-                for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
-                    part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
-                    list(readers.map(read_into, [buf] * len(ks), [part] * len(ks), ks))
-                    yield buf[: len(part)]
-
-            attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
-                     "size": plan.out_size, "level": plan.level}
-            if slide is not None:  # --no-pixels: coordinates only, embed reads the slide
-                stores.write_patch_batches(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
-        finally:
-            if slide is not None:
-                slide.close()
+        attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
+                 "size": plan.out_size, "level": plan.level}
+        if slide is not None:  # --no-pixels: coordinates only, embed reads the slide
+            stores.write_patch_batches(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
     except Exception as exc:  # noqa: BLE001
         return _failed(entry, exc, t0 - scan["seconds"])
     n = len(xy)
@@ -212,13 +210,15 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
     if held is None:
         return {"rows": {}, "skipped": 0, "busy": True, "took_over": []}
     qc = QcWriter()
+    scans: dict[str, dict[str, Any]] = {}
     try:
         records = {e.slide_id: _load_record(parts, e.slide_id) for e in group}
         took_over = [f"{h.path.stem}: {h.took_over.describe()}" for h in held if h.took_over]
         if all(_complete(wd, parts, e, records[e.slide_id], group, cfg) for e in group):
             return {"rows": {e.slide_id: records[e.slide_id]["row"] for e in group},
                     "skipped": len(group), "busy": False, "took_over": took_over}
-        scans = {e.slide_id: scan_slide(e, cfg, parts, wd.qc_dir, qc) for e in group}
+        for e in group:  # (filled in place: the finally closes the slides of a unit that failed midway)
+            scans[e.slide_id] = scan_slide(e, cfg, parts, wd.qc_dir, qc)
         counts = {sid: scan["n_candidates"] for sid, scan in scans.items()}
         alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
         rows: dict[str, dict[str, Any]] = {}
@@ -245,6 +245,9 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
                                                   "failed": row["status"] == "failed"})
         return {"rows": rows, "skipped": skipped, "busy": False, "took_over": took_over}
     finally:
+        for scan in scans.values():
+            if scan.get("slide") is not None:
+                scan["slide"].close()
         qc.close()
         for h in held:
             h.release()
@@ -358,7 +361,7 @@ def _tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) ->
         wd.qc_dir.mkdir(parents=True, exist_ok=True)
         write_json(parts / "params.json", {"params": artifacts.normalise(params)})
     if not cfg.no_pixels and wd.patches_zarr.exists():  # check it now; a new one is made by the first slide
-        artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)  # ... writer thread
+        zarr_io.ensure_group(wd.patches_zarr, schema="patch-store")
 
     patients: dict[str, list[slides.SlideEntry]] = {}
     for e in uniq.values():
@@ -401,7 +404,7 @@ def _tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) ->
         return TileResult(**base, rows=[], n_patches=0, seconds=time.perf_counter() - t_start,
                           pending=n_pending)
     if not cfg.no_pixels and not (wd.patches_zarr / "zarr.json").is_file():  # no slide gave patches
-        artifacts.open_group(wd.patches_zarr, schema="patch-store", create=True)
+        zarr_io.ensure_group(wd.patches_zarr, schema="patch-store")
     with locks.locked(parts / "locks" / "merge.lock", wait=600):
         return _merge(wd, cfg, uniq, dup_rows, unrecorded, params, base, t_start)
 
@@ -423,7 +426,7 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
         r.setdefault("n_patches", 0)
     with_patches = [r["slide_id"] for r in out_rows if r["status"] == "ok" and r["n_patches"] > 0]
     if wd.patches_zarr.is_dir():
-        for name in set(artifacts.array_names(wd.patches_zarr)) - {file_name(s) for s in with_patches}:
+        for name in set(zarr_io.array_names(wd.patches_zarr)) - {file_name(s) for s in with_patches}:
             shutil.rmtree(wd.patches_zarr / name, ignore_errors=True)  # stale: failed or dropped now
     # every slide is finished: temporaries a killed process left (mid-slide arrays too) are debris
     for folder, finals in ((wd.patches_zarr, None), (parts / "slides", None), (wd.qc_dir, None),

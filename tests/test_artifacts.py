@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from brcatool import artifacts, stores
+from brcatool import artifacts, stores, zarr_io
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError
 
@@ -64,7 +64,7 @@ def test_patch_store_round_trip_and_stamp(tmp_path):
     assert stores.patch_slides(wd) == ["slide.A"]
     np.testing.assert_array_equal(stores.read_patches(wd, "slide.A")[...], patches)
     with pytest.raises(ArtifactError, match="expected 'feature-store'"):
-        artifacts.open_group(wd.patches_zarr, schema="feature-store")
+        zarr_io.open_group(wd.patches_zarr, schema="feature-store")
 
 
 def test_feature_store_is_float16(tmp_path):

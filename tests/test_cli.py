@@ -254,3 +254,47 @@ def test_cli_runs_without_plain_click():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.split() == ["2", "False", "False"]  # a usage error, reported by typer itself
+
+
+def test_main_builds_only_the_command_asked_for():
+    """`brcatool tile ...` imports and builds the tile command alone; `--help` lists every command."""
+    import subprocess
+    import sys
+
+    from brcatool.cli.app import COMMANDS, build_app
+
+    code = ("import sys; sys.argv = ['brcatool', 'tile', '--help']\nfrom brcatool.cli.app import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('brcatool.cli.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage:" in out and "--patches" in out
+    loaded = out.split("LOADED", 1)[1].split()
+    assert loaded == ["brcatool.cli.app", "brcatool.cli.common", "brcatool.cli.tile"]
+    for name in COMMANDS:  # each command builds on its own, and the whole app lists them all
+        alone = CliRunner().invoke(build_app(name), [name, "--help"])
+        assert alone.exit_code == 0 and "Usage:" in alone.output, name
+    listing = CliRunner().invoke(app, ["--help"]).output
+    assert all(name in listing for name in COMMANDS)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("epochs: 3\npatches: 7\ntrain:\n  epochs: 2\ntile:\n  seed: 1\n", "no slide files found"),
+    ("pachtes: 7\n", "unknown option 'pachtes'"),
+    ("train:\n  epochs: 2\n  pachtes: 1\n", "no slide files found"),  # another command's section: skipped
+    ("tile:\n  epochs: 2\n", "unknown option 'epochs' for `tile`")])
+def test_config_file_under_main_knows_every_command(tmp_path, monkeypatch, capsys, text, says):
+    """`main` builds only the command run; a config file may still hold the other commands' options
+    and sections (ignored) while a typo is still an error."""
+    import sys
+
+    from brcatool.cli.app import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(sys, "argv", ["brcatool", "tile", str(tmp_path / "empty"), "--config", str(cfg),
+                                      "--workdir", str(tmp_path / "wd"), "--quiet"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code != 0 and says in " ".join(err.split()), err

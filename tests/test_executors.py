@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from brcatool import artifacts, executors, stores
+from brcatool import artifacts, executors, stores, zarr_io
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError, InputError
 from brcatool.executors import RunOptions, Shard, balanced_shards, make_executor
@@ -289,19 +289,17 @@ def test_store_created_meanwhile_by_another_process_is_kept(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Group creation races: while this process builds its new group beside the final name, another
     creates the group there and writes a slide into it; that group (and slide) must survive."""
-    import zarr
-
     wd = Workdir(tmp_path / "w")
-    real = zarr.open_group
+    real = zarr_io._create_group
     other = {"done": False}
 
-    def racing(store, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if ".tmp-" in str(store) and not other["done"]:
+    def racing(path, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if ".tmp-" in str(path) and not other["done"]:
             other["done"] = True  # "another process" wins the race right now
             stores.write_patches(wd, "theirs", np.full((2, 8, 8, 3), 7, np.uint8))
-        return real(store, *a, **kw)
+        return real(path, *a, **kw)
 
-    monkeypatch.setattr(zarr, "open_group", racing)
+    monkeypatch.setattr(zarr_io, "_create_group", racing)
     stores.write_patches(wd, "mine", np.zeros((3, 8, 8, 3), np.uint8))
     assert other["done"] and stores.patch_slides(wd) == ["mine", "theirs"]
     assert int(np.asarray(stores.read_patches(wd, "theirs")[0, 0, 0, 0])) == 7
@@ -310,7 +308,7 @@ def test_store_created_meanwhile_by_another_process_is_kept(tmp_path: Path,
 
 def test_concurrent_writers_create_the_store_once_and_keep_every_array(tmp_path: Path) -> None:
     """Several processes start on an empty workdir at once: each creates the group if missing, and
-    no creator replaces a group another already filled (artifacts.open_group's plain rename)."""
+    no creator replaces a group another already filled (zarr_io.ensure_group's plain rename)."""
     code = ("import sys, numpy as np\nfrom brcatool import stores\nfrom brcatool.artifacts import Workdir\n"
             "wd = Workdir(sys.argv[1])\n"
             "for k in range(3):\n"
@@ -320,4 +318,4 @@ def test_concurrent_writers_create_the_store_once_and_keep_every_array(tmp_path:
     assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
     for r in roots:
         assert stores.patch_slides(Workdir(r)) == sorted(f"{n}-{k}" for n in "abc" for k in range(3))
-        assert artifacts.open_group(Workdir(r).patches_zarr, schema="patch-store") is not None
+        assert zarr_io.open_group(Workdir(r).patches_zarr, schema="patch-store") is not None

@@ -140,6 +140,38 @@ def _files(array_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(array_dir)): p.read_bytes() for p in files}
 
 
+def _zarr_reference(path: Path, n: int, size: int, attributes: dict):
+    """The patch array as zarr-python itself creates it with the store's settings."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    return zarr.create_array(
+        store=str(path), shape=(n, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3),
+        shards=(max(1, min(n, stores.PATCH_SHARD)), size, size, 3),
+        compressors=BloscCodec(**stores.PATCH_BLOSC), attributes=attributes, zarr_format=3,
+        overwrite=True, config={"write_empty_chunks": True})
+
+
+@pytest.mark.parametrize("attributes", [
+    {"slide_id": "TCGA-A1-A0SB-01Z-00-DX1.B34C68B8-F7A0-4B5E-9B2A-1C1C2C3D4E5F", "patient_id": "TCGA-A1-A0SB",
+     "mpp": 0.5032, "size": 256, "level": 0, stores.ID_ATTR: "x"},
+    {"slide_id": "Präparat β/1 \"quoted\"", "mpp": 1e-7, "nested": {"a": [1, 2.5, None, True]},
+     stores.ID_ATTR: "y"},
+    {}])
+@pytest.mark.parametrize(("n", "size"), [(0, 8), (1, 224), (35, 256), (200, 512)])
+def test_zarr_json_written_directly_equals_zarr_pythons(tmp_path: Path, attributes: dict, n: int,
+                                                        size: int) -> None:
+    from brcatool.shards import create_patch_array
+
+    per_shard = max(1, min(n, stores.PATCH_SHARD))
+    ours = create_patch_array(tmp_path / "ours", n, size, per_shard, stores.PATCH_BLOSC, attributes)
+    _zarr_reference(tmp_path / "zarr", n, size, attributes)
+    assert (tmp_path / "ours" / "zarr.json").read_bytes() == (tmp_path / "zarr" / "zarr.json").read_bytes()
+    assert ours.shape == (n, size, size, 3) and ours.per_shard == per_shard
+    assert ShardedPatches.open(tmp_path / "zarr") == ours.__class__(tmp_path / "zarr", ours.shape, per_shard,
+                                                                    stores.PATCH_BLOSC)
+
+
 @pytest.mark.parametrize("n", [3, 35, stores.PATCH_SHARD, stores.PATCH_SHARD + 6, 2 * stores.PATCH_SHARD + 2])
 def test_shards_written_directly_are_byte_identical_to_zarr(tmp_path: Path, n: int) -> None:
     """Shard-aligned batches take the direct path; zarr-python writes the references, in batches
@@ -151,13 +183,12 @@ def test_shards_written_directly_are_byte_identical_to_zarr(tmp_path: Path, n: i
     stores.write_patch_batches(direct, "s", n, 16, (patches[i:i + stores.PATCH_SHARD]
                                                    for i in range(0, n, stores.PATCH_SHARD)))
     stores.write_patch_batches(pairs, "s", n, 16, (patches[i:i + 2] for i in range(0, n, 2)))
-    arr = stores._create_patch_array(whole.patches_zarr / "s", "s", n, 16, None)
+    arr = _zarr_reference(whole.patches_zarr / "s", n, 16, {stores.ID_ATTR: "s"})
     arr[...] = patches  # zarr-python alone, the whole array at once
     a = _files(direct.patches_zarr / "s")
     assert len([k for k in a if k.startswith("c")]) == -(-n // stores.PATCH_SHARD)
     assert a == _files(pairs.patches_zarr / "s")
-    assert {k: v for k, v in a.items() if k != "zarr.json"} == {
-        k: v for k, v in _files(whole.patches_zarr / "s").items() if k != "zarr.json"}
+    assert a == _files(whole.patches_zarr / "s")  # zarr.json included: tile writes it without zarr
     assert np.array_equal(np.asarray(stores.read_patches(direct, "s")[:]), patches)
 
 

@@ -81,24 +81,27 @@ def fmt_metric(x: float | None, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def _click_type_is(param: Any, *class_names: str) -> bool:
+    """Whether an older typer's click parameter type is one of ``class_names`` (by class name: typer
+    0.26-0.28 vendors click as ``typer._click``, whose classes are not plain click's)."""
+    return any(c.__name__ in class_names for c in type(getattr(param, "type", None)).__mro__)
+
+
 def _is_plain_str_option(param: Any) -> bool:
     if getattr(param, "param_type_name", None) != "option" or getattr(param, "multiple", False):
         return False
     if getattr(param, "nargs", 1) != 1:
         return False
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
-    if annotation is None:  # an older typer: a click parameter type ("text" is click's str)
-        return getattr(getattr(param, "type", None), "name", None) == "text"
+    if annotation is None:  # an older typer: a click parameter type
+        return _click_type_is(param, "StringParamType")
     return annotation is str or set(typing.get_args(annotation)) == {str, type(None)}
 
 
 def _is_number_option(param: Any) -> bool:
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     if annotation is None:  # an older typer: a click parameter type
-        import click
-
-        return isinstance(getattr(param, "type", None),
-                          (click.types.IntParamType, click.types.FloatParamType))
+        return _click_type_is(param, "IntParamType", "FloatParamType")
     return bool({annotation, *typing.get_args(annotation)} & {int, float})
 
 
@@ -116,10 +119,20 @@ def _join_lists(params: dict[str, Any], name: str, val: Any, source: Path | None
     return val
 
 
-def _all_param_names(ctx: typer.Context) -> set[str]:
-    root = ctx.find_root().command
+def _every_command(ctx: typer.Context) -> dict[str, Any]:
+    """The root app's commands; all of brcatool's when ``cli.app.main`` built the one asked for
+    alone (a config file may hold the other commands' options and sections)."""
+    commands = dict(getattr(ctx.find_root().command, "commands", {}))
+    from brcatool.cli.app import COMMANDS, build_app
+
+    if commands and set(commands) < set(COMMANDS):
+        commands = dict(typer.main.get_command(build_app()).commands)  # type: ignore[attr-defined]
+    return commands
+
+
+def _all_param_names(commands: dict[str, Any]) -> set[str]:
     names: set[str] = set()
-    for cmd in getattr(root, "commands", {}).values():
+    for cmd in commands.values():
         names.update(p.name for p in cmd.params if p.name)
     return names
 
@@ -139,8 +152,9 @@ def _load_config(ctx: typer.Context, _param: Any, value: Path | None) -> Path | 
         data = load_yaml(value)
         params = {p.name: p for p in ctx.command.params if p.name}
         mine = set(params)
-        known = _all_param_names(ctx)
-        commands = set(getattr(ctx.find_root().command, "commands", {}))
+        every = _every_command(ctx)
+        known = _all_param_names(every)
+        commands = set(every)
         defaults: dict[str, Any] = {}
         for raw, val in data.items():
             name = key(str(raw))
