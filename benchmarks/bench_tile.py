@@ -17,7 +17,7 @@ process also pays its imports (numpy, cv2, openslide). Rounds are interleaved (`
 3. ``tile --sampling all`` on a 20,480² slide vs serial ``read_region`` of the same coordinates
    (converted to numpy); target: read rate >= 0.9 x raw;
 4. where the time goes: wall ms per run of tile's phases on one slide, and the CPU ms per patch of
-   each step of ``--sampling all`` (read, RGBA -> RGB, Blosc encode, the store write).
+   each step of ``--sampling all`` (read, RGBA -> RGB, tile's own read, Blosc encode, the store write).
 
 Usage: python benchmarks/bench_tile.py [--repeats 5] [--workdir bench-work/tile] [--parts 1,2,3,4]
        python benchmarks/bench_tile.py --floor COORDS.json   (the floor process itself)
@@ -277,8 +277,9 @@ def part_phases(slide: Path, base: Path, repeats: int) -> None:
         for mod, name, fn in saved:
             setattr(mod, name, fn)
     print(f"\n4. where tile --patches 35 on {slide.name} spends its time: wall ms per run, mean of "
-          f"{repeats} (nested: scan_slide holds read_thumbnail, tissue_mask, write_tissue; "
-          f"extract_slide holds write_patch_batches; load {os.getloadavg()[0]:.1f})")
+          f"{repeats} (nested: scan_slide holds read_thumbnail, tissue_mask; extract_slide holds "
+          f"write_patch_batches; write_tissue runs in the QC thread, beside extract_slide; load "
+          f"{os.getloadavg()[0]:.1f})")
     print(f"  {'run_tile':<34}{statistics.median(totals) * 1000:8.1f} (median)")
     for name, values in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {name:<34}{sum(values) / repeats * 1000:8.1f}")
@@ -300,6 +301,8 @@ def part_phases(slide: Path, base: Path, repeats: int) -> None:
              "np.asarray of it (raw pays it too)": cpu(lambda: arrays.extend(np.asarray(i) for i in images))}
     rgbs: list = []
     costs["to_rgb (RGBA -> RGB)"] = cpu(lambda: rgbs.extend(slides.to_rgb(a) for a in arrays))
+    costs["slides.read_rgb (tile's read: no PIL)"] = cpu(lambda: [slides.read_rgb(s, x, y, 0, 256, 256)
+                                                                 for x, y in xy])
     codec = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)  # = stores' codec
     costs["Blosc-LZ4 encode"] = cpu(lambda: [codec.encode(r) for r in rgbs])
     wd = artifacts.Workdir(base / "phases-store")

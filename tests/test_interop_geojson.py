@@ -266,3 +266,14 @@ def test_evaluate_geojson_tiles_match_patch_coordinates(tmp_path):
         x, y = row["x"], row["y"]
         assert f["geometry"]["coordinates"] == [[[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]]
         assert set(f["properties"]["measurements"]) == {"occlusion contribution", "predicted probability"}
+
+
+def test_whole_coordinates_are_json_integers_and_others_keep_two_decimals(tmp_path):
+    mask = np.zeros((20, 20), bool)
+    mask[4:12, 4:12] = True
+    whole = geojson.write(tmp_path / "a.geojson", geojson.mask_annotations(mask, 4.0)).read_text()
+    odd = geojson.write(tmp_path / "b.geojson", geojson.mask_annotations(mask, 4.123)).read_text()
+    assert "[18,18]" in whole and ".0," not in whole  # (4 + 0.5) * 4: an integer, not 18.0
+    a, b = (np.array(json.loads(t)["features"][0]["geometry"]["coordinates"][0]) for t in (whole, odd))
+    assert a.dtype.kind == "i" and b.dtype.kind == "f"
+    assert np.array_equal(np.round(a * 4.123 / 4.0, 2), b)  # the same outline, scaled

@@ -297,10 +297,14 @@ REFERENCE_RUNS = {  # name -> options over the cohort fixture (the first is the 
 }
 
 
-def _strip_ids(obj):  # GeoJSON feature ids are random UUIDs
+def _strip_ids(obj, coordinates: bool = False):
+    """GeoJSON content to compare: without the feature ids (random UUIDs), coordinates as floats
+    (a whole-number coordinate is written as a JSON integer, ``8`` for ``8.0``: the same number)."""
     if isinstance(obj, dict):
-        return {k: _strip_ids(v) for k, v in obj.items() if k != "id"}
-    return [_strip_ids(v) for v in obj] if isinstance(obj, list) else obj
+        return {k: _strip_ids(v, k == "coordinates") for k, v in obj.items() if k != "id"}
+    if isinstance(obj, list):
+        return [_strip_ids(v, coordinates) for v in obj]
+    return float(obj) if coordinates and isinstance(obj, int) else obj
 
 
 def output_digests(wd: Workdir) -> dict[str, str]:
