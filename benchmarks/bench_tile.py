@@ -169,6 +169,23 @@ def part_per_slide(slides: list[Path], base: Path, repeats: int) -> None:
     print("  " + tile_sum.line() + "\n  " + floor_sum.line())
     report_ratio("tile --patches 35 / floor, per slide (sum of the 5 slides)", tile_sum, floor_sum,
                  target=1.2)
+    print("  CPU ms per slide (this process's CPU time, threads included; median of 3 runs):")
+    for i, s in enumerate(slides):
+        c = coords[str(s)]
+        tile_cpu = cpu_ms(lambda s=s, i=i: tile_in_process([s], base / f"one-{i}", patches=PATCHES))
+        floor_cpu = cpu_ms(lambda c=c: floor_slide(c["path"], c["xy"], c["size"], c["level"]))
+        print(f"  {s.name:<20} tile {tile_cpu:6.0f}   floor {floor_cpu:6.0f}")
+
+
+def cpu_ms(fn, runs: int = 3) -> float:  # noqa: ANN001
+    import statistics
+
+    out = []
+    for _ in range(runs):
+        t0 = time.process_time()
+        fn()
+        out.append((time.process_time() - t0) * 1000)
+    return statistics.median(out)
 
 
 def part_process(slides: list[Path], base: Path, repeats: int) -> None:
