@@ -238,7 +238,8 @@ def _read_argb(slide: Any, x: int, y: int, level: int, w: int, h: int, threads: 
     from openslide import lowlevel
 
     read = getattr(lowlevel, "_read_region", None)
-    if type(slide) is not openslide.OpenSlide or read is None or not hasattr(slide, "_osr"):
+    if type(slide) is not openslide.OpenSlide or read is None or not hasattr(slide, "_osr") \
+            or not 0 <= level < slide.level_count:
         return None
     out = np.empty((h, w), np.uint32)
 
@@ -259,7 +260,7 @@ def _read_argb(slide: Any, x: int, y: int, level: int, w: int, h: int, threads: 
     else:
         from brcatool import threads as pools
 
-        list(pools.pool("region-bands", pools.cores(4)).map(band, cuts[:-1], cuts[1:]))
+        pools.run_all(pools.pool("region-bands", pools.cores(4)), band, cuts[:-1], cuts[1:])
     return out
 
 

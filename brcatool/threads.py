@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 _POOLS: dict[str, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
@@ -27,6 +29,16 @@ def pool(name: str, workers: int) -> ThreadPoolExecutor:
         if found is None:
             found = _POOLS[name] = ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"brcatool-{name}")
         return found
+
+
+def run_all(pool: ThreadPoolExecutor, fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
+    """``fn`` over ``iterables`` on ``pool``; returns the results in order once every call has
+    ended, then raises the first failure. (``pool.map`` raises as soon as one call fails, while the
+    others still run: a caller that then closes what they use, e.g. a slide handle inside
+    ``openslide_read_region``, crashes the process.)"""
+    futures = [pool.submit(fn, *args) for args in zip(*iterables, strict=True)]
+    wait(futures)
+    return [f.result() for f in futures]
 
 
 def cores(at_most: int) -> int:

@@ -53,13 +53,16 @@ def _failed(entry: slides.SlideEntry, exc: BaseException, t0: float) -> dict[str
 
 
 def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: Path,
-               qc: QcWriter) -> dict[str, Any]:
+               qc: QcWriter, cache: Any = None) -> dict[str, Any]:
     """Phase 1: mask and candidates of one slide (a failed row instead of an exception); the QC
-    base image is drawn in ``qc``'s thread."""
+    base image is drawn in ``qc``'s thread. The slide stays open in the result (``"slide"``, its
+    tile cache ``cache`` when given: one for the patient's slides) until ``_close_slide``."""
     t0 = time.perf_counter()
     slide = None
     try:
         slide = slides.open_slide(entry.path)
+        if cache is not None:
+            slide.set_cache(cache)
         w0, h0 = slide.dimensions
         mpp0 = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
         plan = slides.plan_read(slide, mpp0, cfg.target_mpp, cfg.patch_size)
@@ -71,15 +74,21 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
         if cfg.roi:  # QuPath regions of interest: keep candidates whose centre is inside (holes excluded)
             xy, frac, roi_status, roi_note = qupath_geojson.roi_filter(
                 cfg.roi, cfg.roi_missing, entry.slide_id, xy, frac, plan.size0, cfg.roi_class)
-    except Exception as exc:  # noqa: BLE001 - any failure of one slide becomes its row
+    except BaseException as exc:  # any failure of one slide becomes its row (Ctrl-C etc. propagate)
         if slide is not None:
             slide.close()
+        if not isinstance(exc, Exception):
+            raise
         return _failed(entry, exc, t0)
-    base = qc.base(thumb, mask)  # kept in memory (768 px); boxes are drawn once patches are chosen
-    qc.submit(qupath_geojson.write_tissue, qc_dir, entry.slide_id, mask, ds)  # outlines for QuPath
+    try:
+        base = qc.base(thumb, mask)  # kept in memory (768 px); boxes are drawn once patches are chosen
+        qc.submit(qupath_geojson.write_tissue, qc_dir, entry.slide_id, mask, ds)  # outlines for QuPath
+        if not len(xy):
+            qc.write(qc_dir / f"{file_name(entry.slide_id)}.png", qc.encode(base))
+    except BaseException:
+        slide.close()
+        raise
     status = "ok" if len(xy) else "no_tissue"
-    if status == "no_tissue":
-        qc.write(qc_dir / f"{file_name(entry.slide_id)}.png", qc.encode(base))
     error = None if len(xy) else (
         f"slide ({w0}x{h0} px) is smaller than one patch ({plan.size0:.0f} px)"
         if plan.size0 > min(w0, h0) else "no tissue found under the mask")
@@ -88,7 +97,13 @@ def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: P
     return {"slide_id": entry.slide_id, "status": status, "error": error, "width": w0,
             "height": h0, "mpp": mpp0, "n_candidates": len(xy), "seconds": time.perf_counter() - t0,
             "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan), "qc_base": base,
-            "slide": slide}  # open until the unit ends (extract reads it; closed by tile_unit)
+            "slide": slide}
+
+
+def _close_slide(scan: dict[str, Any]) -> None:
+    if scan.get("slide") is not None:
+        scan["slide"].close()
+        scan["slide"] = None
 
 
 def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarray, cfg: TileConfig,
@@ -117,7 +132,7 @@ def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarra
         readers = threads.pool("patch-read", READ_THREADS)
         for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
             part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
-            list(readers.map(read_into, [buf] * len(ks), [part] * len(ks), ks))
+            threads.run_all(readers, read_into, [buf] * len(ks), [part] * len(ks), ks)
             yield buf[: len(part)]
 
     try:
@@ -211,6 +226,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
         return {"rows": {}, "skipped": 0, "busy": True, "took_over": []}
     qc = QcWriter()
     scans: dict[str, dict[str, Any]] = {}
+    cache = _tile_cache()
     try:
         records = {e.slide_id: _load_record(parts, e.slide_id) for e in group}
         took_over = [f"{h.path.stem}: {h.took_over.describe()}" for h in held if h.took_over]
@@ -218,7 +234,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             return {"rows": {e.slide_id: records[e.slide_id]["row"] for e in group},
                     "skipped": len(group), "busy": False, "took_over": took_over}
         for e in group:  # (filled in place: the finally closes the slides of a unit that failed midway)
-            scans[e.slide_id] = scan_slide(e, cfg, parts, wd.qc_dir, qc)
+            scans[e.slide_id] = scan_slide(e, cfg, parts, wd.qc_dir, qc, cache)
         counts = {sid: scan["n_candidates"] for sid, scan in scans.items()}
         alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
         rows: dict[str, dict[str, Any]] = {}
@@ -228,6 +244,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             if rec is not None and rec["counts"] == counts and _complete(wd, parts, e, rec, group, cfg):
                 rows[sid] = rec["row"]
                 skipped += 1
+                _close_slide(scan)
                 continue
             _record_path(parts, sid).unlink(missing_ok=True)
             if scan["status"] == "ok" and alloc[sid] > 0:
@@ -237,6 +254,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
                 row = {**_row(scan), "n_patches": 0}
                 if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
                     qc.write(wd.qc_image(sid), qc.encode(scan["qc_base"]))
+            _close_slide(scan)
             row.setdefault("n_patches", 0)
             rows[sid] = row
             qc.flush()  # the slide's QC outputs are complete before its record
@@ -246,11 +264,22 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
         return {"rows": rows, "skipped": skipped, "busy": False, "took_over": took_over}
     finally:
         for scan in scans.values():
-            if scan.get("slide") is not None:
-                scan["slide"].close()
+            _close_slide(scan)
         qc.close()
         for h in held:
             h.release()
+
+
+def _tile_cache() -> Any:
+    """One openslide tile cache for a unit's slides (they stay open from scan to extract): the
+    memory of one slide's default cache (32 MiB) however many slides the patient has."""
+    import openslide
+
+    make = getattr(openslide, "OpenSlideCache", None)  # (openslide-python >= 1.3 with OpenSlide 4)
+    try:
+        return make(32 * 2**20) if make is not None else None
+    except openslide.OpenSlideError:
+        return None
 
 
 def _unit_failed(group: list[slides.SlideEntry], exc: BaseException) -> dict[str, Any]:

@@ -139,3 +139,28 @@ def test_direct_read_of_a_corrupt_tile_raises_like_read_region() -> None:
     with openslide.OpenSlide(str(bad)) as s:
         with pytest.raises(openslide.OpenSlideError):
             slides.read_rgb(s, 0, 0, 0, w, h, threads=2)
+
+
+def test_a_corrupt_tile_in_one_band_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """A band that fails must not leave the other bands reading while the caller closes the slide
+    (openslide aborts the process when a handle is closed mid-read): run in a child process."""
+    import subprocess
+    import sys
+
+    from brcatool.synth.slides import corrupt_tile
+
+    path = tmp_path / "bad.tiff"
+    write_slide(path, SlideSpec(width=2048, height=4096, subtype="Basal", seed=(3,)))
+    corrupt_tile(path, page=0, tile=0)  # top-left: band 0 fails at once, band 1 has 32 tiles to decode
+    code = ("import sys, openslide\nfrom brcatool import slides\n"
+            "for _ in range(5):\n"
+            "    s = openslide.OpenSlide(sys.argv[1])\n"
+            "    try:\n"
+            "        slides.read_rgb(s, 0, 0, 0, 2048, 4096, threads=2)\n"
+            "    except openslide.OpenSlideError as exc:\n"
+            "        print('error', type(exc).__name__)\n"
+            "    finally:\n"
+            "        s.close()\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-400:]
+    assert out.stdout.split("\n")[:5] == ["error OpenSlideError"] * 5

@@ -352,3 +352,52 @@ def test_outputs_equal_the_recorded_reference(tiled, tmp_path: Path) -> None:
     for name in REFERENCE_RUNS:
         diff = sorted(k for k in set(want[name]) | set(got[name]) if want[name].get(k) != got[name].get(k))
         assert not diff, f"{name}: outputs differ from the reference: {diff}"
+
+
+@pytest.mark.parametrize("fail", [None, "extract", "interrupt"])
+def test_slide_handles_are_closed_after_each_slide_and_share_one_cache(cohort, tmp_path, monkeypatch,
+                                                                       fail) -> None:
+    """A slide stays open from its scan to its extract only: closed right after its own extract
+    (not at the unit's end), on a failed extract and on Ctrl-C too; a patient's slides share one
+    tile cache (the memory of one slide's, however many slides)."""
+    import brcatool.tiling as tiling
+    from brcatool import slides as slides_mod
+
+    files, inputs = cohort
+    opened, caches, log = [], [], []
+    real_open = slides_mod.open_slide
+
+    def tracked(path):  # noqa: ANN001, ANN202
+        s = real_open(path)
+        opened.append(s)
+        real_close, real_set = s.close, s.set_cache
+        s.close = lambda: (log.append(("close", Path(path).stem)), real_close())[1]
+        s.set_cache = lambda c: (caches.append(c), real_set(c))[1]
+        return s
+
+    real_extract = tiling.extract_slide
+
+    def extract(entry, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        log.append(("extract", entry.slide_id))
+        if fail == "extract":  # what extract_slide returns when its reads or writes fail
+            return {**tiling._failed(entry, OSError("disk full"), 0.0), "n_patches": 0}
+        if fail == "interrupt":
+            raise KeyboardInterrupt
+        return real_extract(entry, *a, **k)
+
+    monkeypatch.setattr(slides_mod, "open_slide", tracked)
+    monkeypatch.setattr(tiling, "extract_slide", extract)
+    two = sorted(p for p in Path(files.slides_dir).rglob("*.tiff") if "A8-Y0BE" in p.name)
+    assert len(two) == 2  # one patient, two slides
+    cfg = TileConfig(slides=[str(p) for p in two], patches=BUDGET, seed=5)
+    if fail == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            run_tile(Workdir(tmp_path / "w"), cfg, progress=False)
+    else:
+        run_tile(Workdir(tmp_path / "w"), cfg, progress=False)
+    closes = [who for what, who in log if what == "close"]
+    assert len(opened) == 2 and sorted(closes) == sorted(p.stem for p in two)  # each once
+    assert len(caches) == 2 and caches[0] is caches[1]
+    if fail != "interrupt":  # each slide closed right after its own extract, before the next one's
+        extracts = [i for i, (what, _) in enumerate(log) if what == "extract"]
+        assert len(extracts) == 2 and log.index(("close", log[extracts[0]][1])) < extracts[1]

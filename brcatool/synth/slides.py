@@ -281,3 +281,15 @@ def write_slide(path: Path, spec: SlideSpec, *, svs: bool = False) -> tuple[Slid
                 level = cv2.resize(level, sizes[i + 1], interpolation=cv2.INTER_AREA)
     truth = np.concatenate(truth_rows, axis=0)
     return SlideResult(levels=sizes, tissue_fraction=float((truth > 0).mean())), truth
+
+
+def corrupt_tile(path: Path, *, page: int = 0, tile: int = 0) -> None:
+    """Damage one JPEG tile of a tiled TIFF in place (its entropy-coded data overwritten): the file
+    still opens, and reading a region over that tile fails in openslide, as a scan with a bad tile does."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[page].dataoffsets[tile], tif.pages[page].databytecounts[tile]
+    with open(path, "r+b") as f:  # past the JPEG headers (quantisation and Huffman tables)
+        f.seek(offset + count // 2)
+        f.write(b"\xff\x00" * min(40, count // 4))
