@@ -263,13 +263,15 @@ def part_phases(slide: Path, base: Path, repeats: int) -> None:
     import openslide
     import polars as pl
 
+    import brcatool.tile_slide as tile_slide
     import brcatool.tiling as tiling
     from brcatool import artifacts, slides, stores, zarr_io
     from brcatool.interop import geojson
 
     spent: dict[str, list[float]] = defaultdict(list)
-    wrapped = [(tiling, "scan_slide"), (tiling, "extract_slide"), (tiling, "_merge"), (tiling, "_lock_all"),
-               (tiling, "tissue_mask"), (tiling, "write_json"), (stores, "write_patch_batches"),
+    wrapped = [(tile_slide, "scan_slide"), (tile_slide, "extract_slide"), (tiling, "_merge"),
+               (tiling, "_lock_all"), (tile_slide, "tissue_mask"), (tiling, "write_json"),
+               (stores, "write_patch_batches"),
                (slides, "read_thumbnail"), (geojson, "write_tissue"), (zarr_io, "ensure_group")]
     saved = [(mod, name, getattr(mod, name)) for mod, name in wrapped]
 

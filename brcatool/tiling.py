@@ -2,7 +2,8 @@
 
 The unit of work is a patient (its slides share one budget): ``tile_unit`` locks the patient's
 slides, scans each (mask + candidate grid), splits the budget by candidate count, reads and stores
-each slide's chosen patches and leaves a per-slide record under ``.tile-parts/`` (written last).
+each slide's chosen patches (``brcatool.tile_slide``: one slide's work) and leaves a per-slide
+record under ``.tile-parts/`` (written last).
 Units run in-process, in a process pool, as one of N shards or as Dask tasks (``executors``); the
 merged tables are derived from the records by the run that finds every slide finished, so an
 interrupted run (or a killed shard) resumes and a re-run with the same parameters skips finished
@@ -15,19 +16,16 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from brcatool import artifacts, locks, outputs, slides, stores, threads, zarr_io
-from brcatool.artifacts import Manifest, Workdir, atomic_path, read_json, write_json
+from brcatool import artifacts, locks, outputs, slides, tile_slide, zarr_io
+from brcatool.artifacts import Manifest, Workdir, read_json, write_json
 from brcatool.errors import ArtifactError, BrcaError, InputError
 from brcatool.executors import RunOptions, make_executor
-from brcatool.interop import geojson as qupath_geojson
 from brcatool.names import check_distinct, file_name
-from brcatool.patchgrid import allocate, candidate_grid, select, slide_rng, tissue_mask
+from brcatool.patchgrid import allocate, select, slide_rng
 from brcatool.qc import QcWriter
 from brcatool.tile_config import (
     PATCH_COLUMNS,
@@ -40,123 +38,6 @@ from brcatool.tile_config import (
 from brcatool.tile_config import params as tile_params
 
 PARTS = ".tile-parts"
-READ_THREADS = 2  # patch-reading threads per slide (plus one writing the store)
-
-
-# --------------------------------------------------------------------------- per-slide work
-def _failed(entry: slides.SlideEntry, exc: BaseException, t0: float) -> dict[str, Any]:
-    msg = (f"{exc.message} (fix: {exc.fix})" if exc.fix else exc.message) if isinstance(exc, BrcaError) \
-        else f"{type(exc).__name__}: {exc}"  # the fix too: the CLI prints this column
-    return {"slide_id": entry.slide_id, "status": "failed", "error": " ".join(msg.split())[:300],
-            "width": None, "height": None, "mpp": None, "n_candidates": 0,
-            "seconds": time.perf_counter() - t0}
-
-
-def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: Path,
-               qc: QcWriter, cache: Any = None) -> dict[str, Any]:
-    """Phase 1: mask and candidates of one slide (a failed row instead of an exception); the QC
-    base image is drawn in ``qc``'s thread. The slide stays open in the result (``"slide"``, its
-    tile cache ``cache`` when given: one for the patient's slides) until ``_close_slide``."""
-    t0 = time.perf_counter()
-    slide = None
-    try:
-        slide = slides.open_slide(entry.path)
-        if cache is not None:
-            slide.set_cache(cache)
-        w0, h0 = slide.dimensions
-        mpp0 = slides.slide_mpp(slide, fallback=cfg.mpp_fallback, path=entry.path)
-        plan = slides.plan_read(slide, mpp0, cfg.target_mpp, cfg.patch_size)
-        thumb, ds = slides.read_thumbnail(slide, threads=READ_THREADS)
-        mask = tissue_mask(thumb, method=cfg.tissue_method, min_area_px=cfg.min_area / (ds * mpp0) ** 2)
-        stride0 = (cfg.stride or cfg.patch_size) * plan.size0 / cfg.patch_size
-        xy, frac = candidate_grid(mask, (w0, h0), plan.size0, stride0, cfg.min_tissue)
-        roi_status = roi_note = None
-        if cfg.roi:  # QuPath regions of interest: keep candidates whose centre is inside (holes excluded)
-            xy, frac, roi_status, roi_note = qupath_geojson.roi_filter(
-                cfg.roi, cfg.roi_missing, entry.slide_id, xy, frac, plan.size0, cfg.roi_class)
-    except BaseException as exc:  # any failure of one slide becomes its row (Ctrl-C etc. propagate)
-        if slide is not None:
-            slide.close()
-        if not isinstance(exc, Exception):
-            raise
-        return _failed(entry, exc, t0)
-    try:
-        base = qc.base(thumb, mask)  # kept in memory (768 px); boxes are drawn once patches are chosen
-        qc.submit(qupath_geojson.write_tissue, qc_dir, entry.slide_id, mask, ds)  # outlines for QuPath
-        if not len(xy):
-            qc.write(qc_dir / f"{file_name(entry.slide_id)}.png", qc.encode(base))
-    except BaseException:
-        slide.close()
-        raise
-    status = "ok" if len(xy) else "no_tissue"
-    error = None if len(xy) else (
-        f"slide ({w0}x{h0} px) is smaller than one patch ({plan.size0:.0f} px)"
-        if plan.size0 > min(w0, h0) else "no tissue found under the mask")
-    if roi_note:
-        status, error = roi_status or status, roi_note
-    return {"slide_id": entry.slide_id, "status": status, "error": error, "width": w0,
-            "height": h0, "mpp": mpp0, "n_candidates": len(xy), "seconds": time.perf_counter() - t0,
-            "xy": xy, "frac": frac, "plan": dataclasses.asdict(plan), "qc_base": base,
-            "slide": slide}
-
-
-def _close_slide(scan: dict[str, Any]) -> None:
-    if scan.get("slide") is not None:
-        scan["slide"].close()
-        scan["slide"] = None
-
-
-def extract_slide(entry: slides.SlideEntry, scan: dict[str, Any], idx: np.ndarray, cfg: TileConfig,
-                  wd: Workdir, parts: Path, qc: QcWriter) -> dict[str, Any]:
-    """Phase 3: read the chosen patches into the store, the rows into a part; the QC image with
-    the boxes is drawn and encoded in ``qc``'s thread meanwhile (written only if this succeeds)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    t0 = time.perf_counter()
-    plan = slides.ReadPlan(**scan["plan"])
-    xy, frac = scan["xy"][idx], scan["frac"][idx]
-    png = qc.encode(scan["qc_base"], (xy, plan.size0, scan["width"]))
-    slide = None if cfg.no_pixels else scan["slide"]
-
-    def read_into(buf: np.ndarray, part: np.ndarray, k: int) -> None:
-        for i in range(k, len(part), READ_THREADS):  # reader k: every READ_THREADS-th patch
-            buf[i] = slides.read_patch(slide, int(part[i, 0]), int(part[i, 1]), plan)
-
-    def batches() -> Iterable[np.ndarray]:
-        # two buffers: one is filled while the writer still holds the other; openslide
-        # is thread-safe and decodes without the GIL, so a few threads read at once, each
-        # into the buffer (one task per thread and batch, not one per patch)
-        bufs = np.empty((2, stores.PATCH_SHARD, plan.out_size, plan.out_size, 3), np.uint8)
-        ks = range(READ_THREADS)
-        readers = threads.pool("patch-read", READ_THREADS)
-        for b, s in enumerate(range(0, len(xy), stores.PATCH_SHARD)):
-            part, buf = xy[s:s + stores.PATCH_SHARD], bufs[b % 2]
-            threads.run_all(readers, read_into, [buf] * len(ks), [part] * len(ks), ks)
-            yield buf[: len(part)]
-
-    try:
-        attrs = {"slide_id": entry.slide_id, "patient_id": entry.patient_id, "mpp": plan.mpp,
-                 "size": plan.out_size, "level": plan.level}
-        if slide is not None:  # --no-pixels: coordinates only, embed reads the slide
-            stores.write_patch_batches(wd, entry.slide_id, len(xy), plan.out_size, batches(), attrs)
-    except Exception as exc:  # noqa: BLE001
-        return _failed(entry, exc, t0 - scan["seconds"])
-    n = len(xy)
-    table = pa.table({
-        "slide_id": [entry.slide_id] * n, "patient_id": [entry.patient_id] * n,
-        "patch_index": np.arange(n), "x": xy[:, 0], "y": xy[:, 1], "level": np.full(n, plan.level),
-        "mpp": np.full(n, plan.mpp), "size": np.full(n, plan.out_size), "tissue_fraction": frac,
-    }, schema=arrow_schema(PATCH_COLUMNS))
-    with atomic_path(_part(parts, entry.slide_id, ".patches.parquet")) as tmp:
-        pq.write_table(table, tmp)
-    qc.write(wd.qc_image(entry.slide_id), png)
-    return {**_row(scan), "n_patches": n, "seconds": scan["seconds"] + time.perf_counter() - t0}
-
-
-def _row(scan: dict[str, Any]) -> dict[str, Any]:
-    keys = ("slide_id", "status", "error", "width", "height", "mpp", "n_candidates", "seconds")
-    return {k: scan[k] for k in keys}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -168,13 +49,7 @@ def _entries(cfg: TileConfig) -> list[slides.SlideEntry]:
 
 
 def _record_path(parts: Path, slide_id: str) -> Path:
-    return _part(parts, slide_id, ".json")
-
-
-def _part(parts: Path, slide_id: str, suffix: str) -> Path:
-    """A per-slide file of the tile records: under ``slides/`` (no internal file lives there), named
-    by ``names.file_name`` (any slide id is one safe path component)."""
-    return parts / "slides" / f"{file_name(slide_id)}{suffix}"
+    return tile_slide.part_path(parts, slide_id, ".json")
 
 
 def _load_record(parts: Path, slide_id: str) -> dict[str, Any] | None:
@@ -197,7 +72,7 @@ def _complete(wd: Workdir, parts: Path, e: slides.SlideEntry, rec: dict[str, Any
         return failed_ok
     return rec["row"]["n_patches"] == 0 or (
         (cfg.no_pixels or (wd.patches_zarr / file_name(e.slide_id) / "zarr.json").is_file())
-        and _part(parts, e.slide_id, ".patches.parquet").is_file())
+        and tile_slide.part_path(parts, e.slide_id, ".patches.parquet").is_file())
 
 
 def _lock_all(parts: Path, group: list[slides.SlideEntry]) -> list[locks.Lock] | None:
@@ -226,7 +101,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
         return {"rows": {}, "skipped": 0, "busy": True, "took_over": []}
     qc = QcWriter()
     scans: dict[str, dict[str, Any]] = {}
-    cache = _tile_cache()
+    cache = tile_slide.tile_cache()
     try:
         records = {e.slide_id: _load_record(parts, e.slide_id) for e in group}
         took_over = [f"{h.path.stem}: {h.took_over.describe()}" for h in held if h.took_over]
@@ -234,7 +109,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             return {"rows": {e.slide_id: records[e.slide_id]["row"] for e in group},
                     "skipped": len(group), "busy": False, "took_over": took_over}
         for e in group:  # (filled in place: the finally closes the slides of a unit that failed midway)
-            scans[e.slide_id] = scan_slide(e, cfg, parts, wd.qc_dir, qc, cache)
+            scans[e.slide_id] = tile_slide.scan_slide(e, cfg, parts, wd.qc_dir, qc, cache)
         counts = {sid: scan["n_candidates"] for sid, scan in scans.items()}
         alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
         rows: dict[str, dict[str, Any]] = {}
@@ -244,17 +119,17 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             if rec is not None and rec["counts"] == counts and _complete(wd, parts, e, rec, group, cfg):
                 rows[sid] = rec["row"]
                 skipped += 1
-                _close_slide(scan)
+                tile_slide.close_slide(scan)
                 continue
             _record_path(parts, sid).unlink(missing_ok=True)
             if scan["status"] == "ok" and alloc[sid] > 0:
                 idx = select(scan["xy"], alloc[sid], cfg.sampling, slide_rng(cfg.seed, e.patient_id, sid))
-                row = extract_slide(e, scan, idx, cfg, wd, parts, qc)
+                row = tile_slide.extract_slide(e, scan, idx, cfg, wd, parts, qc)
             else:
-                row = {**_row(scan), "n_patches": 0}
+                row = {**tile_slide.row_of(scan), "n_patches": 0}
                 if scan["status"] == "ok":  # candidates, but the patient's budget went elsewhere
                     qc.write(wd.qc_image(sid), qc.encode(scan["qc_base"]))
-            _close_slide(scan)
+            tile_slide.close_slide(scan)
             row.setdefault("n_patches", 0)
             rows[sid] = row
             qc.flush()  # the slide's QC outputs are complete before its record
@@ -264,28 +139,16 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
         return {"rows": rows, "skipped": skipped, "busy": False, "took_over": took_over}
     finally:
         for scan in scans.values():
-            _close_slide(scan)
+            tile_slide.close_slide(scan)
         qc.close()
         for h in held:
             h.release()
 
 
-def _tile_cache() -> Any:
-    """One openslide tile cache for a unit's slides (they stay open from scan to extract): the
-    memory of one slide's default cache (32 MiB) however many slides the patient has."""
-    import openslide
-
-    make = getattr(openslide, "OpenSlideCache", None)  # (openslide-python >= 1.3 with OpenSlide 4)
-    try:
-        return make(32 * 2**20) if make is not None else None
-    except openslide.OpenSlideError:
-        return None
-
-
 def _unit_failed(group: list[slides.SlideEntry], exc: BaseException) -> dict[str, Any]:
     """The unit's result when it raised or its worker died: every slide a failed row (not recorded)."""
     t0 = time.perf_counter()
-    return {"rows": {e.slide_id: {**_failed(e, exc, t0), "n_patches": 0} for e in group},
+    return {"rows": {e.slide_id: {**tile_slide.failed_row(e, exc, t0), "n_patches": 0} for e in group},
             "skipped": 0, "busy": False, "took_over": []}
 
 
@@ -373,8 +236,8 @@ def _tile(workdir: Path | Workdir, cfg: TileConfig, *, progress: bool = True) ->
     dup_rows = []
     for e in entries:
         if e.slide_id in uniq:
-            dup_rows.append({**_failed(e, InputError(f"duplicate slide_id (also {uniq[e.slide_id].path})"),
-                                       time.perf_counter()), "n_patches": 0,
+            dup = InputError(f"duplicate slide_id (also {uniq[e.slide_id].path})")
+            dup_rows.append({**tile_slide.failed_row(e, dup, time.perf_counter()), "n_patches": 0,
                              "patient_id": e.patient_id, "path": str(e.path)})
         else:
             uniq[e.slide_id] = e
@@ -464,7 +327,8 @@ def _merge(wd: Workdir, cfg: TileConfig, uniq: dict[str, slides.SlideEntry], dup
         outputs.clean_debris(folder, finals)
     slide_table = pa.Table.from_pylist([{k: r.get(k) for k in SLIDE_COLUMNS} for r in out_rows],
                                        schema=arrow_schema(SLIDE_COLUMNS))
-    patch_parts = [pq.ParquetFile(_part(parts, sid, ".patches.parquet")).read() for sid in with_patches]
+    patch_parts = [pq.ParquetFile(tile_slide.part_path(parts, sid, ".patches.parquet")).read()
+                   for sid in with_patches]
     patch_table = (pa.concat_tables(patch_parts) if patch_parts
                    else arrow_schema(PATCH_COLUMNS).empty_table())
     artifacts.write_parquet(slide_table, wd.slides_table, schema="slides")

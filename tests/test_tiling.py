@@ -360,8 +360,8 @@ def test_slide_handles_are_closed_after_each_slide_and_share_one_cache(cohort, t
     """A slide stays open from its scan to its extract only: closed right after its own extract
     (not at the unit's end), on a failed extract and on Ctrl-C too; a patient's slides share one
     tile cache (the memory of one slide's, however many slides)."""
-    import brcatool.tiling as tiling
     from brcatool import slides as slides_mod
+    from brcatool import tile_slide
 
     files, inputs = cohort
     opened, caches, log = [], [], []
@@ -375,18 +375,18 @@ def test_slide_handles_are_closed_after_each_slide_and_share_one_cache(cohort, t
         s.set_cache = lambda c: (caches.append(c), real_set(c))[1]
         return s
 
-    real_extract = tiling.extract_slide
+    real_extract = tile_slide.extract_slide
 
     def extract(entry, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
         log.append(("extract", entry.slide_id))
         if fail == "extract":  # what extract_slide returns when its reads or writes fail
-            return {**tiling._failed(entry, OSError("disk full"), 0.0), "n_patches": 0}
+            return {**tile_slide.failed_row(entry, OSError("disk full"), 0.0), "n_patches": 0}
         if fail == "interrupt":
             raise KeyboardInterrupt
         return real_extract(entry, *a, **k)
 
     monkeypatch.setattr(slides_mod, "open_slide", tracked)
-    monkeypatch.setattr(tiling, "extract_slide", extract)
+    monkeypatch.setattr(tile_slide, "extract_slide", extract)
     two = sorted(p for p in Path(files.slides_dir).rglob("*.tiff") if "A8-Y0BE" in p.name)
     assert len(two) == 2  # one patient, two slides
     cfg = TileConfig(slides=[str(p) for p in two], patches=BUDGET, seed=5)
