@@ -143,13 +143,10 @@ def row_of(scan: dict[str, Any]) -> dict[str, Any]:
     return {k: scan[k] for k in keys}
 
 
-
-
 def part_path(parts: Path, slide_id: str, suffix: str) -> Path:
     """A per-slide file of the tile records: under ``slides/`` (no internal file lives there), named
     by ``names.file_name`` (any slide id is one safe path component)."""
     return parts / "slides" / f"{file_name(slide_id)}{suffix}"
-
 
 
 def tile_cache() -> Any:
