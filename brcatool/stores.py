@@ -12,7 +12,7 @@ it is a plain name, see ``brcatool.names``) and stamped with the id; each array 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,19 @@ def write_patch_batches(workdir: Workdir, slide_id: str, n: int, size: int,
         arr = None
         pending = None
         start = 0
-        for batch in batches:
+        try:
+            for batch in batches:
+                if pending is not None:
+                    pending.result()
+                if start % fast.per_shard == 0 and len(batch) == min(fast.per_shard, n - start):
+                    pending = writer.submit(fast.write_shard, start // fast.per_shard, batch)  # a whole shard
+                else:
+                    arr = arr if arr is not None else _zarr_array(tmp)
+                    pending = writer.submit(_write_batch, arr, start, batch)
+                start += len(batch)
+        finally:  # a failed read must not leave a write running into the folder atomic_path removes
             if pending is not None:
-                pending.result()
-            if start % fast.per_shard == 0 and len(batch) == min(fast.per_shard, n - start):
-                pending = writer.submit(fast.write_shard, start // fast.per_shard, batch)  # one whole shard
-            else:
-                arr = arr if arr is not None else _zarr_array(tmp)
-                pending = writer.submit(_write_batch, arr, start, batch)
-            start += len(batch)
+                wait([pending])
         if pending is not None:
             pending.result()
         if start != n:

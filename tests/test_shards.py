@@ -217,3 +217,28 @@ def test_a_forked_child_encodes_with_its_own_threads(tmp_path: Path) -> None:
     assert child.exitcode == 0, "the forked child hung or failed writing a shard"
     parent, child_files = (_files(tmp_path / who / "patches.zarr" / "s") for who in ("parent", "child"))
     assert child_files == parent
+
+
+def test_a_failed_read_leaves_no_temporary_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch iterator fails while the previous shard is still being written: the write must end
+    before the array's temporary folder is removed (a late write would create it again: debris)."""
+    import time
+
+    real = ShardedPatches.write_shard
+
+    def slow(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        time.sleep(0.3)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ShardedPatches, "write_shard", slow)
+    patches = he_patches(stores.PATCH_SHARD, 16, np.random.default_rng(0))
+
+    def batches():  # noqa: ANN202
+        yield patches  # one whole shard, written slowly in the writer thread
+        raise OSError("the slide file vanished")
+
+    wd = Workdir(tmp_path / "w")
+    with pytest.raises(OSError, match="vanished"):
+        stores.write_patch_batches(wd, "s", 2 * stores.PATCH_SHARD, 16, batches())
+    time.sleep(0.5)  # (a write still running would land now)
+    assert sorted(p.name for p in wd.patches_zarr.iterdir()) == ["zarr.json"]
