@@ -242,12 +242,12 @@ def _read_argb(slide: Any, x: int, y: int, level: int, w: int, h: int, threads: 
             or not 0 <= level < slide.level_count:
         return None
     out = np.empty((h, w), np.uint32)
+    d = float(slide.level_downsamples[level])
 
     def band(a: int, b: int) -> None:  # rows a:b of the region (whole level-0 pixels: see below)
         read(slide._osr, out[a:b].ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), x,
              y + int(a * d), level, w, b - a)
 
-    d = float(slide.level_downsamples[level])
     cuts = [0, h]
     # bands only where a band's level-0 start maps back to a whole level row exactly
     if threads > 1 and d == int(d) and y % int(d) == 0:

@@ -36,8 +36,8 @@ def failed_row(entry: slides.SlideEntry, exc: BaseException, t0: float) -> dict[
             "seconds": time.perf_counter() - t0}
 
 
-def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, parts: Path, qc_dir: Path,
-               qc: QcWriter, cache: Any = None) -> dict[str, Any]:
+def scan_slide(entry: slides.SlideEntry, cfg: TileConfig, qc_dir: Path, qc: QcWriter,
+               cache: Any = None) -> dict[str, Any]:
     """Phase 1: mask and candidates of one slide (a failed row instead of an exception); the QC
     base image is drawn in ``qc``'s thread. The slide stays open in the result (``"slide"``, its
     tile cache ``cache`` when given: one for the patient's slides) until ``close_slide``."""

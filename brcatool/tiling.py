@@ -109,7 +109,7 @@ def tile_unit(group: list[slides.SlideEntry], cfg: TileConfig, wd: Workdir) -> d
             return {"rows": {e.slide_id: records[e.slide_id]["row"] for e in group},
                     "skipped": len(group), "busy": False, "took_over": took_over}
         for e in group:  # (filled in place: the finally closes the slides of a unit that failed midway)
-            scans[e.slide_id] = tile_slide.scan_slide(e, cfg, parts, wd.qc_dir, qc, cache)
+            scans[e.slide_id] = tile_slide.scan_slide(e, cfg, wd.qc_dir, qc, cache)
         counts = {sid: scan["n_candidates"] for sid, scan in scans.items()}
         alloc = allocate(None if cfg.sampling == "all" else cfg.patches, counts)
         rows: dict[str, dict[str, Any]] = {}

@@ -83,7 +83,7 @@ def open_group(path: str | Path, *, schema: str, create: bool = False):
 
     path = Path(path)
     if create:
-        ensure_group(path, schema=schema)
+        ensure_group(path, schema=schema)  # made, or its stamp checked
     elif not path.exists():
         raise ArtifactError("Zarr store not found", path=path)
     try:
@@ -91,8 +91,9 @@ def open_group(path: str | Path, *, schema: str, create: bool = False):
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"is not a readable Zarr v3 group ({exc})", path=path,
                             fix=_UNREADABLE_FIX) from None
-    attrs = dict(group.attrs)
-    check_schema(attrs.get(SCHEMA_KEY), attrs.get(SCHEMA_VERSION_KEY), expected=schema, path=path)
+    if not create:
+        attrs = dict(group.attrs)
+        check_schema(attrs.get(SCHEMA_KEY), attrs.get(SCHEMA_VERSION_KEY), expected=schema, path=path)
     return group
 
 

@@ -16,12 +16,11 @@ import typer
 
 from brcatool import __version__
 
-#: command -> (module under brcatool.cli, function), in the order ``--help`` lists them
-COMMANDS = {"synth": ("synth", "synth"), "tile": ("tile", "tile"), "embed": ("embed", "embed"),
-            "import-features": ("import_features", "import_features"),
-            "prep-expr": ("prep_expr", "prep_expr"), "train": ("train", "train"),
-            "evaluate": ("evaluate", "evaluate"), "ablate": ("ablate", "ablate"),
-            "report": ("report", "report"), "demo": ("demo", "demo")}
+#: command -> its module under brcatool.cli, whose function of the same name it runs, in the
+#: order ``--help`` lists them
+COMMANDS = {"synth": "synth", "tile": "tile", "embed": "embed", "import-features": "import_features",
+            "prep-expr": "prep_expr", "train": "train", "evaluate": "evaluate", "ablate": "ablate",
+            "report": "report", "demo": "demo"}
 
 
 def _version(value: bool) -> None:
@@ -50,9 +49,9 @@ def build_app(only: str | None = None) -> typer.Typer:
         rich_markup_mode="rich",
     )
     new.callback()(root)
-    for name, (module, function) in COMMANDS.items():
+    for name, module in COMMANDS.items():
         if only is None or name == only:
-            new.command(name)(getattr(importlib.import_module(f"brcatool.cli.{module}"), function))
+            new.command(name)(getattr(importlib.import_module(f"brcatool.cli.{module}"), module))
     return new
 
 
