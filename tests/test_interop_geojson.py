@@ -277,3 +277,23 @@ def test_whole_coordinates_are_json_integers_and_others_keep_two_decimals(tmp_pa
     a, b = (np.array(json.loads(t)["features"][0]["geometry"]["coordinates"][0]) for t in (whole, odd))
     assert a.dtype.kind == "i" and b.dtype.kind == "f"
     assert np.array_equal(np.round(a * 4.123 / 4.0, 2), b)  # the same outline, scaled
+
+
+def test_each_ring_of_a_mask_outline_is_integers_or_floats_on_its_own():
+    # scale 2/3: a boundary pixel x maps to (x + 0.5) * 2/3, whole for x = 1, 4, 7, ...; the rings of
+    # a mask are converted together, yet each ring is written as integers only when all of it is whole
+    mask = np.zeros((40, 40), bool)
+    mask[1:5, 1:5] = True  # boundary pixels 1 and 4 -> 1 and 3: an integer ring
+    mask[10:30, 10:30] = True  # 10 and 29 -> 7 and 19.67: floats
+    mask[16:23, 16:23] = False  # its hole: floats
+    mask[31:36, 31:36] = True  # 31 and 35 -> 21 and 23.67: floats
+    scale = 2 / 3
+    coll = geojson.mask_annotations(mask, scale)
+    rings = [r for f in coll["features"] for r in f["geometry"]["coordinates"]]
+    kinds = {type(r[0][0]).__name__ for r in rings}
+    assert len(rings) == 4 and kinds == {"int", "float"}
+    for r in rings:
+        v = np.array(r, dtype=np.float64)
+        assert r[0] == r[-1] and len(r) >= 4  # closed
+        whole = all(isinstance(c, int) for p in r for c in p)
+        assert whole == bool(np.all(v == np.round(v)))  # integers exactly when every point is whole

@@ -44,15 +44,29 @@ _POINT_BLOCK = 4096  # points tested per block (memory: block x vertices boolean
 
 # --------------------------------------------------------------------------- writing
 def _ring(points: np.ndarray) -> list[list[float]]:
-    v = np.asarray(points, dtype=np.float64)
-    if np.array_equal(v, np.round(v)) and np.abs(v).max(initial=0) < 2**53:
-        pts = v.astype(np.int64).tolist()  # whole numbers (the usual mask outlines) as JSON integers:
-        # the same numbers to any reader, ~3x cheaper to list and encode than floats
-    else:
-        pts = [[round(x, 2), round(y, 2)] for x, y in v.tolist()]
-    if pts and pts[0] != pts[-1]:
-        pts.append(pts[0])
-    return pts
+    v = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return _rings(v, [len(v)])[0]
+
+
+def _rings(v: np.ndarray, lens: Sequence[int]) -> list[list[list[float]]]:
+    """Closed GeoJSON rings of the points ``v`` ((N, 2) float), ``lens[k]`` points for ring k, all
+    at once (a tissue mask has hundreds of rings; numpy calls per ring cost more than the points).
+    A ring of whole numbers is written as JSON integers (the same numbers to any reader, ~3x
+    cheaper to list and encode than floats), any other as floats rounded to 2 decimals."""
+    lens = np.asarray(lens, dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    whole_pt = ((v == np.round(v)) & (np.abs(v) < 2**53)).all(axis=1)
+    whole = np.ones(len(lens), bool)
+    some = lens > 0
+    whole[some] = np.logical_and.reduceat(whole_pt, starts[some])
+    as_int = v.astype(np.int64).tolist() if whole.any() else []
+    out = []
+    for k, (a, n) in enumerate(zip(starts.tolist(), lens.tolist(), strict=True)):
+        pts = as_int[a:a + n] if whole[k] else [[round(x, 2), round(y, 2)] for x, y in v[a:a + n].tolist()]
+        if pts and pts[0] != pts[-1]:
+            pts.append(pts[0])
+        out.append(pts)
+    return out
 
 
 def square(x: float, y: float, side: float) -> list[list[list[float]]]:
@@ -116,14 +130,17 @@ def mask_annotations(mask: np.ndarray, scale: float, *, name: str = "Tissue",
     feats = []
     if hierarchy is not None:
         parent = hierarchy[0][:, 3]
+        rings = _rings((np.concatenate(contours)[:, 0, :] + 0.5) * scale, [len(c) for c in contours])
+        holes: dict[int, list[list[list[float]]]] = {}
+        for j, p in enumerate(parent.tolist()):
+            if p != -1 and len(contours[j]) >= 3:
+                holes.setdefault(p, []).append(rings[j])
         for i, cnt in enumerate(contours):
             if parent[i] != -1 or len(cnt) < 3:
                 continue
-            rings = [_ring((cnt[:, 0, :] + 0.5) * scale)]
-            rings += [_ring((contours[j][:, 0, :] + 0.5) * scale) for j in np.flatnonzero(parent == i)
-                      if len(contours[j]) >= 3]
-            feats.append(feature(rings, {"objectType": "annotation", "isLocked": True, "name": name,
-                                         "classification": {"name": name, "color": list(color)}}))
+            feats.append(feature([rings[i], *holes.get(i, [])],
+                                 {"objectType": "annotation", "isLocked": True, "name": name,
+                                  "classification": {"name": name, "color": list(color)}}))
     return collection(feats)
 
 
