@@ -7,7 +7,12 @@ Per encoder and precision, ``--repeats`` interleaved rounds of three runs each:
   normalisation, feature writes); its steady rate (after the first batch) is compared with bare;
 - pipeline: ``run_embed`` with the network replaced by a null encoder of the same output size:
   the host-side pipeline's own ceiling, which must be well above the model's speed.
-min / median / max over the rounds and the load average before and after are printed.
+min / median / max over the rounds and the load average before and after are printed. First, the
+reader alone (the stage's DataLoader, no model) at the stage's worker count (or ``--reader-workers``),
+consumed as the stage consumes it (its shared buffers held), against the same with the buffers
+dropped (each batch then mapped anew in this process), in interleaved rounds.
+
+    python benchmarks/bench_embed.py --encoders resnet50 --patches 6000 --reader-only --reader-workers 1,2
 
     python benchmarks/bench_embed.py                                   # resnet50 + ViT-L (UNI), CPU
     python benchmarks/bench_embed.py --encoders resnet50 --patches 200 --precisions fp32
@@ -24,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Series, report_ratio, spread  # benchmarks/ is on sys.path when run as a script
+# (benchmarks/ is on sys.path when run as a script)
+from _common import Series, interleave, report_ratio, spread
 
 
 def null_encoder(spec):
@@ -61,23 +67,49 @@ def bare_forward(spec, *, device: str, precision: str, batch: int, size: int, pa
     return n_batches * batch / (time.perf_counter() - t)
 
 
-def reader_only(wd, *, batch: int, workers: int) -> float:
-    """Images/s of the stage's DataLoader alone (Zarr reads in workers, pinned on CUDA)."""
+def reader_only(wd, *, batch: int, workers: int, hold: bool = True) -> float:
+    """Images/s of the stage's DataLoader alone (Zarr reads in workers, pinned on CUDA), consumed
+    as the stage does: the batches' reader buffers held (``hold``: ``patch_readers.holding``)
+    and, on a CPU, each batch copied once into one reused buffer, the copy DataLoader's pin-memory
+    thread makes on CUDA (the stage's first op, ``.float()``, reads every page the same way)."""
     import torch
 
+    from brcatool.embed_unit import PREFETCH
     from brcatool.embedding import _segments
-    from brcatool.patch_readers import PatchBatches, _worker_init
+    from brcatool.patch_readers import PatchBatches, _worker_init, holding
 
     segments = _segments(wd).segments
+    cuda = torch.cuda.is_available()
     loader = torch.utils.data.DataLoader(
-        PatchBatches(wd.root, segments, batch), batch_size=None, num_workers=workers,
-        worker_init_fn=_worker_init if workers else None, pin_memory=torch.cuda.is_available())
-    it = iter(loader)
+        PatchBatches(wd.root, segments, batch, ring=PREFETCH + 2), batch_size=None,
+        num_workers=workers, worker_init_fn=_worker_init if workers else None, pin_memory=cuda,
+        prefetch_factor=PREFETCH if workers else None)
+    sink = None
+    it = iter(holding(loader) if hold else loader)
     first = n = len(next(it)["pixels"])  # excludes worker start-up
     t = time.perf_counter()
     for b in it:
-        n += len(b["pixels"])
+        px = b["pixels"]
+        if not cuda:
+            sink = torch.empty_like(px) if sink is None or sink.shape[0] < len(px) else sink
+            sink[:len(px)].copy_(px)
+        n += len(px)
     return (n - first) / (time.perf_counter() - t) if n > first else float("nan")
+
+
+def reader_rounds(wd, *, batch: int, workers: list[int], repeats: int) -> None:
+    """The reader alone at each worker count, its buffers held (as the stage) and dropped, in
+    interleaved rounds; prints min / median / max img/s and the held / dropped ratio."""
+    for w in workers:
+        rounds = interleave({f"held, {w} workers": lambda w=w: reader_only(wd, batch=batch, workers=w),
+                             f"dropped, {w} workers": lambda w=w: reader_only(wd, batch=batch, workers=w,
+                                                                               hold=False)},
+                            repeats, verbose=False)
+        held, dropped = rounds.values()
+        print(f"reader alone (batch {batch}): {held.line('img/s', '8.0f')}")
+        print(f"reader alone (batch {batch}): {dropped.line('img/s', '8.0f')}")
+        report_ratio(f"reader alone, {w} workers: buffers held / dropped (img/s)", held, dropped,
+                     target=None, at_most=False)
 
 
 def _store(root: Path, patches: int, size: int, per_slide: int):
@@ -154,6 +186,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="reuse/keep the stores under here")
     ap.add_argument("--reader-workers", default=None,
                     help="comma-separated worker counts: the reader alone at each (default: the stage's)")
+    ap.add_argument("--reader-only", action="store_true",
+                    help="only the reader-alone rounds (no model): the host pipeline's data path")
     args = ap.parse_args()
 
     import torch
@@ -173,9 +207,10 @@ def main() -> None:
         patches = args.patches if not spec.big else (
             args.vit_patches or (args.patches if device == "cuda" else 3 * batch))
         wd = _store(base / f"store-{patches}", patches, args.size, args.per_slide)
-        for w in ([int(w) for w in args.reader_workers.split(",")] if args.reader_workers else [workers]):
-            print(f"reader alone ({w} workers, batch {batch}): "
-                  f"{reader_only(wd, batch=batch, workers=w):.1f} img/s", flush=True)
+        counts = [int(w) for w in args.reader_workers.split(",")] if args.reader_workers else [workers]
+        reader_rounds(wd, batch=batch, repeats=args.repeats, workers=counts)
+        if args.reader_only:
+            continue
         bench_encoder(enc, wd, device=device, precisions=args.precisions.split(","), repeats=args.repeats,
                       batch_size=args.batch_size, num_workers=args.num_workers,
                       bare_patches=max(batch, int(patches * args.bare_fraction)))

@@ -23,7 +23,7 @@ from brcatool import locks, stores
 from brcatool.artifacts import Workdir
 from brcatool.encoders.augment import Macenko, augment
 from brcatool.names import file_name
-from brcatool.patch_readers import PatchBatches, SlideBatches, SlideSource, _worker_init
+from brcatool.patch_readers import PatchBatches, SlideBatches, SlideSource, _worker_init, holding
 
 if TYPE_CHECKING:
     import torch
@@ -156,7 +156,7 @@ def _encode(job: EmbedJob, spec: Any, wd: Workdir, todo: list[tuple[str, int]]) 
             _progress(job.progress) as bar, torch.inference_mode(), \
             torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
         task = bar.add_task(f"{spec.name} ({device}, {precision})", total=total)
-        for batch in loader:
+        for batch in holding(loader):  # (the reader processes' buffers stay mapped here)
             px = upload(batch["pixels"])
             x = px.permute(0, 3, 1, 2).float().div_(255)  # NHWC memory = channels_last
             aug = batch["aug"]  # stays on the host: augment() reads it without a GPU sync

@@ -10,7 +10,7 @@ import torch
 
 from brcatool import stores
 from brcatool.embed_unit import PREFETCH
-from brcatool.patch_readers import PatchBatches, _worker_init
+from brcatool.patch_readers import Mapped, PatchBatches, _worker_init
 from brcatool.synth.patches import make_patch_workdir
 
 COUNTS = [7, 5, 9, 11]
@@ -78,3 +78,46 @@ def test_a_store_zarr_writes_otherwise_is_read_through_zarr(tmp_path: Path, wd) 
     out = np.empty((3, 16, 16, 3), np.uint8)
     reader.read_into(1, 4, out)
     assert np.array_equal(out, pixels[1:4])
+
+
+def test_held_reader_buffers_are_mapped_once_in_this_process(tmp_path: Path) -> None:
+    """``holding`` keeps the workers' shared buffers mapped here: after the first turn of the ring a
+    batch arrives in memory this process has already touched (no page faults reading it); batches
+    whose buffers were dropped are mapped anew and fault on first read."""
+    import resource
+
+    from brcatool.patch_readers import holding
+
+    wd = make_patch_workdir(tmp_path / "wd", slides=2, patches=[200, 184], size=64, seed=5, unique=8)
+    slides, every = _expected(wd)
+    segments = list(zip(slides, [stores.read_patches(wd, s).shape[0] for s in slides], strict=True))
+    batch = 16  # 196 KB: ~48 pages per batch
+
+    def faults_per_batch(hold: bool) -> float:
+        data = PatchBatches(wd.root, segments, batch, ring=PREFETCH + 2)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1,
+                                             worker_init_fn=_worker_init, prefetch_factor=PREFETCH)
+        counts = []
+        for i, b in enumerate(holding(loader) if hold else loader):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            total = int(b["pixels"].sum())  # reads every page of the batch
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            assert total == int(every[i * batch:(i + 1) * batch].sum(dtype=np.int64)), i
+            assert isinstance(b["keep"], Mapped) and b["keep"].tensor.data_ptr() == b["pixels"].data_ptr()
+        return float(np.mean(counts[2 * (PREFETCH + 2):]))  # after the ring's first two turns
+
+    held, dropped = faults_per_batch(True), faults_per_batch(False)
+    assert held < 1 < dropped, (held, dropped)
+
+
+def test_the_kept_buffer_passes_dataloader_pinning_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA, DataLoader's pin-memory thread copies each batch's tensors into pinned memory; the
+    ``Mapped`` holder must come through as it is (still the worker's buffer, not a pinned copy)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self.clone())  # (no GPU here)
+    shared = torch.arange(12, dtype=torch.uint8)
+    batch = {"pixels": shared, "aug": torch.zeros(0), "keep": Mapped(shared)}
+    pinned = pin_memory(batch)
+    assert pinned["keep"] is batch["keep"] and pinned["keep"].tensor is shared
+    assert pinned["pixels"] is not shared and torch.equal(pinned["pixels"], shared)
