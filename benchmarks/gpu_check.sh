@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, in one short run on a CUDA machine (about 4 minutes on one H200):
 #   1. tests/test_cuda.py: embed on the GPU agrees with the CPU; every fusion trains and evaluates on it;
-#   2. bench_embed.py: the reader alone at 8 and 12 workers, then ResNet-50 (256 px; bf16 and fp32 at
+#   2. bench_embed.py: the reader alone at 8 and 12 workers (its buffers held, as the stage does, and
+#      dropped; interleaved rounds), then ResNet-50 (256 px; bf16 and fp32 at
 #      the default batch 256, bf16 at 512) and a ViT-L/16 (UNI's architecture, 224 px; bf16):
 #      embed (steady) vs the bare model at the same batch, 3 interleaved rounds each.
 # Usage: bash benchmarks/gpu_check.sh [LOGDIR]   (logs to LOGDIR, default bench-work/gpu)
