@@ -7,10 +7,11 @@ Per encoder and precision, ``--repeats`` interleaved rounds of three runs each:
   normalisation, feature writes); its steady rate (after the first batch) is compared with bare;
 - pipeline: ``run_embed`` with the network replaced by a null encoder of the same output size:
   the host-side pipeline's own ceiling, which must be well above the model's speed.
-min / median / max over the rounds and the load average before and after are printed. First, the
-reader alone (the stage's DataLoader, no model) at the stage's worker count (or ``--reader-workers``),
-consumed as the stage consumes it (its shared buffers held), against the same with the buffers
-dropped (each batch then mapped anew in this process), in interleaved rounds.
+min / median / max over the rounds and the load average before and after are printed. With
+``--reader-workers`` or ``--reader-only``, first the reader alone (the stage's DataLoader, no model)
+at those worker counts (else the stage's), consumed as the stage consumes it (its shared buffers
+held), against the same with the buffers dropped (each batch then mapped anew in this process),
+in interleaved rounds after a warm-up round.
 
     python benchmarks/bench_embed.py --encoders resnet50 --patches 6000 --reader-only --reader-workers 1,2
 
@@ -101,14 +102,15 @@ def reader_rounds(wd, *, batch: int, workers: list[int], repeats: int) -> None:
     """The reader alone at each worker count, its buffers held (as the stage) and dropped, in
     interleaved rounds; prints min / median / max img/s and the held / dropped ratio."""
     for w in workers:
-        rounds = interleave({f"held, {w} workers": lambda w=w: reader_only(wd, batch=batch, workers=w),
-                             f"dropped, {w} workers": lambda w=w: reader_only(wd, batch=batch, workers=w,
-                                                                               hold=False)},
+        label = f"{w} worker{'s' if w != 1 else ''}"
+        rounds = interleave({f"held, {label}": lambda w=w: reader_only(wd, batch=batch, workers=w),
+                             f"dropped, {label}": lambda w=w: reader_only(wd, batch=batch, workers=w,
+                                                                           hold=False)},
                             repeats, verbose=False)
         held, dropped = rounds.values()
         print(f"reader alone (batch {batch}): {held.line('img/s', '8.0f')}")
         print(f"reader alone (batch {batch}): {dropped.line('img/s', '8.0f')}")
-        report_ratio(f"reader alone, {w} workers: buffers held / dropped (img/s)", held, dropped,
+        report_ratio(f"reader alone, {label}: buffers held / dropped (img/s)", held, dropped,
                      target=None, at_most=False)
 
 
@@ -185,9 +187,10 @@ def main() -> None:
                     help="share of the store's patches run through the bare model per round")
     ap.add_argument("--workdir", type=Path, default=None, help="reuse/keep the stores under here")
     ap.add_argument("--reader-workers", default=None,
-                    help="comma-separated worker counts: the reader alone at each (default: the stage's)")
+                    help="comma-separated worker counts: the reader alone at each, before the models")
     ap.add_argument("--reader-only", action="store_true",
-                    help="only the reader-alone rounds (no model): the host pipeline's data path")
+                    help="only the reader-alone rounds (no model; the stage's worker count unless "
+                         "--reader-workers): the host pipeline's data path")
     args = ap.parse_args()
 
     import torch
@@ -207,8 +210,9 @@ def main() -> None:
         patches = args.patches if not spec.big else (
             args.vit_patches or (args.patches if device == "cuda" else 3 * batch))
         wd = _store(base / f"store-{patches}", patches, args.size, args.per_slide)
-        counts = [int(w) for w in args.reader_workers.split(",")] if args.reader_workers else [workers]
-        reader_rounds(wd, batch=batch, repeats=args.repeats, workers=counts)
+        if args.reader_workers or args.reader_only:
+            counts = [int(w) for w in args.reader_workers.split(",")] if args.reader_workers else [workers]
+            reader_rounds(wd, batch=batch, repeats=args.repeats, workers=counts)
         if args.reader_only:
             continue
         bench_encoder(enc, wd, device=device, precisions=args.precisions.split(","), repeats=args.repeats,

@@ -48,10 +48,10 @@ class PatchBatches:
     2 x ring x W of them). torch's receiving side finds a storage it still holds by its
     shared-memory file and reuses that mapping; one it dropped is mapped anew, 50 MB per batch of
     256 patches of 256 px, and the first read of it page-faults through every page (DataLoader's
-    pin-memory thread copying it on CUDA, ``.float()`` on a CPU). Held, the reader alone gives
-    1.02-1.20x the images/s on 2 cores (medians of three runs of `python
-    benchmarks/bench_embed.py --encoders resnet50 --patches 12000 --batch-size 256 --reader-only
-    --reader-workers 1,2`).
+    pin-memory thread copying it on CUDA, ``.float()`` on a CPU). Held, the reader alone is a
+    little faster on 2 cores (`benchmarks/bench_embed.py --reader-only`; the README's benchmark
+    table). ring x W held batches would do (the pin-memory thread reads ahead of the loop, never
+    past that); ``holding`` keeps twice that as a margin: the same buffers, no more memory.
     """
 
     def __init__(self, root: Path, segments: list[tuple[str, int]], batch_size: int, *,

@@ -44,8 +44,19 @@ _POINT_BLOCK = 4096  # points tested per block (memory: block x vertices boolean
 
 # --------------------------------------------------------------------------- writing
 def _ring(points: np.ndarray) -> list[list[float]]:
-    v = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    return _rings(v, [len(v)])[0]
+    """One closed ring (see ``_rings``; this is the cheaper call for a few points, e.g. a tile)."""
+    v = np.asarray(points, dtype=np.float64)
+    if np.array_equal(v, np.round(v)) and np.abs(v).max(initial=0) < 2**53:
+        pts = v.astype(np.int64).tolist()
+    else:
+        pts = [[round(x, 2), round(y, 2)] for x, y in v.tolist()]
+    return _closed(pts)
+
+
+def _closed(pts: list[list[float]]) -> list[list[float]]:
+    if pts and pts[0] != pts[-1]:
+        pts.append(pts[0])
+    return pts
 
 
 def _rings(v: np.ndarray, lens: Sequence[int]) -> list[list[list[float]]]:
@@ -59,13 +70,12 @@ def _rings(v: np.ndarray, lens: Sequence[int]) -> list[list[list[float]]]:
     whole = np.ones(len(lens), bool)
     some = lens > 0
     whole[some] = np.logical_and.reduceat(whole_pt, starts[some])
-    as_int = v.astype(np.int64).tolist() if whole.any() else []
-    out = []
+    with np.errstate(invalid="ignore"):  # (points of other rings may not fit an int: unused)
+        as_int = v.astype(np.int64).tolist() if whole.any() else []
+    out: list[list[list[float]]] = []
     for k, (a, n) in enumerate(zip(starts.tolist(), lens.tolist(), strict=True)):
-        pts = as_int[a:a + n] if whole[k] else [[round(x, 2), round(y, 2)] for x, y in v[a:a + n].tolist()]
-        if pts and pts[0] != pts[-1]:
-            pts.append(pts[0])
-        out.append(pts)
+        out.append(_closed(as_int[a:a + n] if whole[k] else
+                           [[round(x, 2), round(y, 2)] for x, y in v[a:a + n].tolist()]))
     return out
 
 
