@@ -75,3 +75,26 @@ def test_train_and_evaluate_on_cuda(tmp_path: Path, bag_size: int):
         assert ev.n_patients == 80 and ev.pooled["roc_auc"] > 0.85, (fusion, ev.pooled)
         if FUSIONS.get(fusion).uses_image:
             assert any(ev.out_dir.rglob("*attention*.parquet")), f"{fusion}: no patch weights exported"
+
+
+def test_pinned_batches_keep_their_reader_buffers(tmp_path: Path):
+    """With DataLoader's pin-memory thread (the stage's CUDA path), each batch arrives pinned and
+    intact while ``holding`` keeps the worker's shared buffer (not a pinned copy) under "keep",
+    also once the workers reuse their ring buffers."""
+    from brcatool.embed_unit import PREFETCH
+    from brcatool.patch_readers import Mapped, PatchBatches, _worker_init, holding
+
+    wd = make_patch_workdir(tmp_path / "wd", slides=2, patches=[60, 44], size=32, seed=2)
+    slides = list(stores.patch_slides(wd))
+    every = np.concatenate([np.asarray(stores.read_patches(wd, s)[:]) for s in slides])
+    segments = [(s, stores.read_patches(wd, s).shape[0]) for s in slides]
+    data = PatchBatches(wd.root, segments, 4, ring=PREFETCH + 2)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2, pin_memory=True,
+                                         worker_init_fn=_worker_init, prefetch_factor=PREFETCH)
+    n = 0
+    for i, b in enumerate(holding(loader)):
+        assert b["pixels"].is_pinned() and isinstance(b["keep"], Mapped)
+        assert b["keep"].tensor.data_ptr() != b["pixels"].data_ptr()
+        assert np.array_equal(b["pixels"].numpy(), every[4 * i:4 * i + 4]), i
+        n += len(b["pixels"])
+    assert n == len(every) and len(data) > 2 * 2 * (PREFETCH + 2)

@@ -10,7 +10,7 @@ import torch
 
 from brcatool import stores
 from brcatool.embed_unit import PREFETCH
-from brcatool.patch_readers import Mapped, PatchBatches, _worker_init
+from brcatool.patch_readers import Mapped, PatchBatches, _worker_init, holding
 from brcatool.synth.patches import make_patch_workdir
 
 COUNTS = [7, 5, 9, 11]
@@ -85,8 +85,6 @@ def test_held_reader_buffers_are_mapped_once_in_this_process(tmp_path: Path) -> 
     batch arrives in memory this process has already touched (no page faults reading it); batches
     whose buffers were dropped are mapped anew and fault on first read."""
     import resource
-
-    from brcatool.patch_readers import holding
 
     wd = make_patch_workdir(tmp_path / "wd", slides=2, patches=[400, 384], size=64, seed=5, unique=8)
     slides, every = _expected(wd)
