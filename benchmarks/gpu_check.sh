@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks, in one short run on a CUDA machine (about 4 minutes on one H200 before the reader
-# rounds of step 2 were added; they add ~16 passes over the store, estimated 1 minute more):
+# rounds of step 2 were added; they add 16 passes of the reader over the store):
 #   1. tests/test_cuda.py: embed on the GPU agrees with the CPU; every fusion trains and evaluates on it;
 #   2. bench_embed.py: the reader alone at 8 and 12 workers (its buffers held, as the stage does, and
 #      dropped; interleaved rounds), then ResNet-50 (256 px; bf16 and fp32 at
