@@ -180,7 +180,8 @@ class Workdir:
 
 
 # --------------------------------------------------------------------------- atomic writes
-def _tmp_sibling(final: Path) -> Path:
+def tmp_sibling(final: Path) -> Path:
+    """A hidden temporary name beside ``final`` (same folder: a rename moves it in)."""
     return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
@@ -193,11 +194,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(final)
+    tmp = tmp_sibling(final)
     try:
         yield tmp
         if tmp.is_dir() and final.exists():
-            trash = _tmp_sibling(final)
+            trash = tmp_sibling(final)
             os.replace(final, trash)
             os.replace(tmp, final)
             remove(trash)

@@ -22,7 +22,7 @@ from brcatool import artifacts, zarr_io
 from brcatool.artifacts import Workdir
 from brcatool.errors import ArtifactError
 from brcatool.names import file_name
-from brcatool.shards import ShardedPatches, create_patch_array
+from brcatool.shards import ShardedPatches, ShardError, create_patch_array
 
 ID_ATTR = "brcatool.id"  # the slide id an array holds (its name may be a mapped one)
 
@@ -172,8 +172,6 @@ class PatchReader:
         if self.fast is None:
             out[...] = self.zarr[a:b]
             return
-        from brcatool.shards import ShardError
-
         try:
             self.fast.read_into(a, b, out)
         except (ShardError, OSError, RuntimeError) as exc:  # RuntimeError: blosc's decode error

@@ -19,10 +19,10 @@ from brcatool.artifacts import (
     SCHEMA_KEY,
     SCHEMA_VERSION_KEY,
     SCHEMAS,
-    _tmp_sibling,
     atomic_path,
     check_schema,
     remove,
+    tmp_sibling,
 )
 from brcatool.errors import ArtifactError
 
@@ -55,7 +55,7 @@ def ensure_group(path: str | Path, *, schema: str) -> Path:
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_sibling(path)
+        tmp = tmp_sibling(path)
         try:
             _create_group(tmp, schema)
             os.rename(tmp, path)
